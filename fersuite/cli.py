@@ -1,0 +1,100 @@
+"""Flags shared by the training scripts, and the wrapper that turns a UserError into one line."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fersuite.errors import UserError
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT_TRAIN = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
+
+
+def run(main):
+    """Call main(); bad input ends with 'error: ...' on stderr and exit status 2, no traceback."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def quiet_backend_logs():
+    """TensorFlow's start-up chatter hides the one line a user needs to read."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def open_fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def int_list(text):
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    return values
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but its usage errors exit 2 with one line, like every other bad input."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def training_parser(description, defaults):
+    """The settings every family shares; `defaults` holds the family's best recipe."""
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=str(DEFAULT_TRAIN), help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine (default: %(default)s)")
+    data.add_argument("--val-split", type=open_fraction, default=0.1, help="validation fraction for the label,feature layout; fer2013.csv uses PublicTest (default: %(default)s)")
+    data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
+    data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch (other flags are taken from its config.json)")
+
+    optimization = parser.add_argument_group("optimization")
+    optimization.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="(default: %(default)s)")
+    optimization.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)")
+    optimization.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=defaults.get("optimizer", "adam"), help="sgd is Nesterov momentum 0.9 (default: %(default)s)")
+    optimization.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)")
+    optimization.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.0), help="for adamw/sgd (default: %(default)s)")
+    optimization.add_argument("--schedule", choices=("plateau", "cosine", "constant"), default=defaults.get("schedule", "cosine"), help="(default: %(default)s)")
+    optimization.add_argument("--warmup-epochs", type=int, default=defaults.get("warmup_epochs", 0), help="linear warm-up before cosine decay (default: %(default)s)")
+    optimization.add_argument("--patience", type=int, default=defaults.get("patience", 0), help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)")
+    optimization.add_argument("--label-smoothing", type=fraction, default=defaults.get("label_smoothing", 0.0), help="(default: %(default)s)")
+    optimization.add_argument("--class-weight", choices=("none", "balanced"), default="none", help="balanced up-weights rare classes such as Disgust (default: %(default)s)")
+    optimization.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto", help="auto = on when a GPU is present (default: %(default)s)")
+    optimization.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+    augmentation = parser.add_argument_group("augmentation (ImageDataGenerator's names; applied on the device)")
+    augmentation.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are")
+    augmentation.add_argument("--rotation-range", type=float, default=defaults.get("rotation_range", 10.0), help="degrees (default: %(default)s)")
+    augmentation.add_argument("--width-shift-range", type=fraction, default=defaults.get("width_shift_range", 0.1), help="fraction of width (default: %(default)s)")
+    augmentation.add_argument("--height-shift-range", type=fraction, default=defaults.get("height_shift_range", 0.1), help="fraction of height (default: %(default)s)")
+    augmentation.add_argument("--zoom-range", type=fraction, default=defaults.get("zoom_range", 0.1), help="(default: %(default)s)")
+    augmentation.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=True, help="(default: %(default)s)")
+    augmentation.add_argument("--random-erasing", type=fraction, default=defaults.get("random_erasing", 0.0), help="probability of blanking one rectangle per image (default: %(default)s)")
+    augmentation.add_argument("--normalization", choices=("unit", "featurewise"), default="unit", help="unit = pixels/255; featurewise = (pixels - mean) / std of the training set (default: %(default)s)")
+    parser.add_argument("--quiet", dest="verbose", action="store_const", const=2, default=1, help="one line per epoch instead of progress bars")
+    return parser

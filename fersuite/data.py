@@ -1,0 +1,279 @@
+"""Read FER2013 CSVs (original and Kaggle-homework layouts) and image files into uint8 arrays.
+
+Layouts, told apart by the header:
+  fer2013.csv       emotion,pixels,Usage   Training/PublicTest/PrivateTest -> train/validation/test
+  homework train    label,feature          seeded stratified train/validation split
+  homework test     id,feature             unlabeled; ids go into the submission
+"""
+
+import gzip
+import hashlib
+import lzma
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fersuite import EMOTIONS, IMAGE_SIZE
+from fersuite.atomic import atomic_path
+from fersuite.errors import UserError
+
+PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
+LAYOUTS = {
+    ("emotion", "pixels", "Usage"): "fer2013",
+    ("emotion", "pixels"): "labeled",
+    ("label", "feature"): "labeled",
+    ("id", "feature"): "unlabeled",
+}
+CACHE_VERSION = "1"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Split:
+    """Images of one split: pixels (n, 48, 48, 1) uint8, labels (n,) or None, ids (n,) str."""
+
+    pixels: np.ndarray
+    labels: np.ndarray | None
+    ids: np.ndarray
+
+    def __len__(self):
+        return len(self.pixels)
+
+
+@dataclass
+class Table:
+    """A whole parsed CSV; labels are -1 and usage empty where the layout has none."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    usage: np.ndarray
+    layout: str
+
+
+def file_digest(path):
+    """Content hash (not name or mtime), so a cache or a run's config pins the exact data."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_readable_file(path):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty")
+    return path
+
+
+def cache_dir():
+    return Path(os.environ.get("FERSUITE_CACHE_DIR", Path.home() / ".cache" / "fersuite"))
+
+
+def load_table(path, use_cache=True):
+    """Parse a FER CSV once; later loads of the same content come from a uint8 .npz cache."""
+    path = check_readable_file(path)
+    cached = cache_dir() / f"{file_digest(path)}-v{CACHE_VERSION}.npz" if use_cache else None
+    if cached is not None and cached.exists():
+        with np.load(cached, allow_pickle=False) as arrays:
+            fields = {name: arrays[name] for name in arrays.files}
+            return Table(**{**fields, "layout": str(fields["layout"])})
+    table = parse_csv(path)
+    if cached is not None:
+        _write_cache(cached, table)
+    return table
+
+
+def _write_cache(cached, table):
+    """Best effort: an unwritable cache directory only costs speed."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as temporary:
+            np.savez(
+                temporary,
+                pixels=table.pixels,
+                labels=table.labels,
+                ids=table.ids,
+                usage=table.usage,
+                layout=np.array(table.layout),
+            )
+    except OSError:
+        pass
+
+
+def _read_frame(path):
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype=str,
+            encoding="utf-8-sig",
+            keep_default_na=False,
+            skipinitialspace=True,
+        )
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as error:
+        raise UserError(f"{path}: malformed CSV: {str(error).strip()}") from None
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as error:
+        raise UserError(f"{path}: cannot read the file, truncated or corrupt ({error})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text CSV file") from None
+    frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
+
+
+def _layout(path, columns):
+    layout = LAYOUTS.get(tuple(columns))
+    if layout is None:
+        expected = " or ".join(",".join(names) for names in LAYOUTS)
+        raise UserError(f"{path}: unexpected columns '{','.join(columns)}'; expected {expected}")
+    return layout
+
+
+def _line(row):
+    """File line of a data row (line 1 is the header)."""
+    return int(row) + 2
+
+
+def parse_pixels(path, column, texts):
+    """Turn n strings of 2,304 integers into (n, 48, 48, 1) uint8, naming the first bad line."""
+    texts = texts.str.strip()
+    counts = texts.str.count(" ").to_numpy() + 1
+    for row in np.flatnonzero(counts != PIXELS_PER_IMAGE):
+        counts[row] = len(texts.iat[row].split())
+        if counts[row] != PIXELS_PER_IMAGE:
+            raise UserError(
+                f"{path}: line {_line(row)}, column '{column}': expected {PIXELS_PER_IMAGE} pixels, found {counts[row]}"
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        values = np.fromstring(" ".join(texts), dtype=np.int64, sep=" ")
+    if values.size != len(texts) * PIXELS_PER_IMAGE:
+        _raise_first_non_integer(path, column, texts)
+    bad = np.flatnonzero((values < 0) | (values > 255))
+    if bad.size:
+        row, position = divmod(int(bad[0]), PIXELS_PER_IMAGE)
+        raise UserError(
+            f"{path}: line {_line(row)}, column '{column}': pixel {position + 1} is {values[bad[0]]}, outside 0..255"
+        )
+    return values.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def _raise_first_non_integer(path, column, texts):
+    """Slow path, only taken on bad input: find the row and token that is not an integer."""
+    for row, text in enumerate(texts):
+        for position, token in enumerate(text.split()):
+            if not token.lstrip("+-").isdigit():
+                raise UserError(
+                    f"{path}: line {_line(row)}, column '{column}': pixel {position + 1} is '{token}', not an integer"
+                )
+    raise UserError(f"{path}: column '{column}': pixels could not be parsed")
+
+
+def parse_labels(path, column, texts):
+    labels = pd.to_numeric(texts.str.strip(), errors="coerce").to_numpy()
+    bad = np.flatnonzero(~np.isin(labels, np.arange(len(EMOTIONS))))
+    if bad.size:
+        row = bad[0]
+        raise UserError(
+            f"{path}: line {_line(row)}, column '{column}': label '{texts.iat[row]}' is not one of 0..{len(EMOTIONS) - 1}"
+        )
+    return labels.astype(np.int64)
+
+
+def parse_csv(path):
+    frame = _read_frame(path)
+    layout = _layout(path, list(frame.columns))
+    if frame.empty:
+        raise UserError(f"{path}: header only, no data rows")
+    pixel_column = "pixels" if "pixels" in frame else "feature"
+    pixels = parse_pixels(path, pixel_column, frame[pixel_column])
+    label_column = "emotion" if "emotion" in frame else "label"
+    if label_column in frame:
+        labels = parse_labels(path, label_column, frame[label_column])
+    else:
+        labels = np.full(len(frame), -1, dtype=np.int64)
+    if "id" in frame:
+        ids = frame["id"].str.strip().to_numpy(dtype=str)
+        duplicated = frame["id"].str.strip().duplicated()
+        if duplicated.any():
+            row = int(np.flatnonzero(duplicated.to_numpy())[0])
+            raise UserError(f"{path}: line {_line(row)}, column 'id': duplicate id '{ids[row]}'")
+    else:
+        ids = np.arange(len(frame)).astype(str)
+    usage = frame["Usage"].str.strip().to_numpy(dtype=str) if "Usage" in frame else np.full(len(frame), "")
+    unknown = np.flatnonzero(~np.isin(usage, list(USAGE_TO_SPLIT))) if layout == "fer2013" else []
+    if len(unknown):
+        row = unknown[0]
+        raise UserError(
+            f"{path}: line {_line(row)}, column 'Usage': '{usage[row]}' is not one of {', '.join(USAGE_TO_SPLIT)}"
+        )
+    return Table(pixels=pixels, labels=labels, ids=ids, usage=usage, layout=layout)
+
+
+def split_table(table, val_split=0.1, seed=0):
+    """Named splits: Usage where the file has it, else a seeded stratified validation split."""
+    if table.layout == "unlabeled":
+        return {"test": Split(table.pixels, None, table.ids)}
+    if table.layout == "fer2013":
+        return {
+            name: Split(table.pixels[chosen], table.labels[chosen], table.ids[chosen])
+            for usage, name in USAGE_TO_SPLIT.items()
+            if (chosen := table.usage == usage).any()
+        }
+    if not 0 < val_split < 1:
+        raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    train_rows, validation_rows = _stratified_split(table.labels, val_split, seed)
+    if len(train_rows) == 0 or len(validation_rows) == 0:
+        raise UserError(f"--val-split {val_split} leaves an empty split of {len(table.labels)} rows")
+    return {
+        name: Split(table.pixels[rows], table.labels[rows], table.ids[rows])
+        for name, rows in (("train", train_rows), ("validation", validation_rows))
+    }
+
+
+def _stratified_split(labels, val_split, seed):
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(labels))
+    try:
+        return train_test_split(rows, test_size=val_split, random_state=seed, stratify=labels)
+    except ValueError:
+        try:
+            return train_test_split(rows, test_size=val_split, random_state=seed)
+        except ValueError:
+            return rows, rows[:0]
+
+
+def load_splits(path, val_split=0.1, seed=0, use_cache=True):
+    return split_table(load_table(path, use_cache=use_cache), val_split, seed)
+
+
+def is_image_path(path):
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_images(paths):
+    """Image files of any size or colour as grayscale 48x48 uint8, the model's input."""
+    from PIL import Image, UnidentifiedImageError
+
+    faces = []
+    for path in paths:
+        path = check_readable_file(path)
+        try:
+            with Image.open(path) as image:
+                face = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                faces.append(np.asarray(face, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
+    return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))

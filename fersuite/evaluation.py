@@ -1,0 +1,88 @@
+"""Predictions (with test-time augmentation and ensembles), accuracy, confusion matrix, submission."""
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from fersuite import EMOTIONS, INPUT_SHAPE
+from fersuite.atomic import write_text
+from fersuite.errors import UserError
+
+TTA_CHOICES = ("none", "flip", "crops")
+
+
+def load_model(path):
+    """Load a `.keras` file and check it takes 48x48x1 faces and outputs 7 emotions."""
+    import keras
+
+    from fersuite import augment  # noqa: F401  registers the custom layers
+    from fersuite.data import check_readable_file
+
+    path = check_readable_file(path)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a file that is not a model
+        raise UserError(f"{path}: not a readable Keras model ({type(error).__name__})") from None
+    input_shape = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else None
+    if input_shape != INPUT_SHAPE:
+        raise UserError(f"{path}: model takes input {input_shape}, expected {INPUT_SHAPE}")
+    if model.output_shape[-1] != len(EMOTIONS):
+        raise UserError(f"{path}: model outputs {model.output_shape[-1]} classes, expected {len(EMOTIONS)}")
+    return model
+
+
+def tta_views(pixels, tta="none"):
+    """Views averaged at test time: the image, its mirror, and (crops) 4 one-pixel-border shifts."""
+    views = [pixels]
+    if tta in ("flip", "crops"):
+        views.append(pixels[:, :, ::-1])
+    if tta == "crops":
+        padded = np.pad(pixels, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+        for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):
+            views.append(padded[:, dy : dy + 48, dx : dx + 48])
+    return views
+
+
+def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0):
+    """Mean softmax over models and TTA views: the ensemble's class probabilities."""
+    total = np.zeros((len(pixels), len(EMOTIONS)), dtype=np.float64)
+    views = tta_views(pixels, tta)
+    for model in models:
+        for view in views:
+            total += model.predict(view.astype("float32"), batch_size=batch_size, verbose=verbose)
+    return total / (len(models) * len(views))
+
+
+def accuracy(labels, probabilities):
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def confusion(labels, predictions):
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, predictions, labels=range(len(EMOTIONS)))
+
+
+def confusion_frame(labels, predictions):
+    return pd.DataFrame(confusion(labels, predictions), index=EMOTIONS, columns=EMOTIONS)
+
+
+def classification_report(labels, predictions):
+    from sklearn.metrics import classification_report as report
+
+    return report(
+        labels, predictions, labels=range(len(EMOTIONS)), target_names=EMOTIONS, zero_division=0, output_dict=True
+    )
+
+
+def submission_csv(ids, probabilities):
+    """Kaggle format: `id,label`, one row per test image."""
+    frame = pd.DataFrame({"id": ids, "label": np.argmax(probabilities, axis=1)})
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def write_submission(path, ids, probabilities):
+    write_text(path, submission_csv(ids, probabilities))

@@ -1,0 +1,293 @@
+"""One training run: its own directory, Keras callbacks for checkpoints/history/schedule, resume.
+
+A run directory holds
+  config.json          every setting, the backend, library versions and the data file's hash
+  history.csv          one row per finished epoch (written atomically after each epoch)
+  best.keras           the model with the best validation accuracy so far
+  last.keras, state.json   the latest epoch with optimizer state, for --resume
+  metrics.json         best validation accuracy, epochs, wall time, parameters
+  confusion_matrix.csv best.keras on the validation split
+"""
+
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from fersuite import EMOTIONS, __version__, backend, evaluation
+from fersuite.atomic import save_model, write_json, write_text
+from fersuite.data import file_digest, load_splits
+from fersuite.errors import UserError
+from fersuite.models import preprocessing_layers, trainable_parameter_count
+
+MONITOR = "val_accuracy"
+
+
+def new_run_dir(runs_dir, family):
+    """A fresh directory per run, named by family and start time; never an existing one."""
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{runs_dir}: cannot create the runs directory ({error.strerror})") from None
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        candidate = runs_dir / (f"{family}-{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise UserError(f"{runs_dir}: cannot create a run directory ({error.strerror})") from None
+    raise UserError(f"{runs_dir}: too many runs started in the same second")
+
+
+def check_config(config):
+    """Flags that would only fail minutes later are refused now, with one line."""
+    positive = ("epochs", "batch_size")
+    for key in positive:
+        if config[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if config["lr"] <= 0:
+        raise UserError(f"--lr must be positive, got {config['lr']}")
+    if not 0 < config["val_split"] < 1:
+        raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {config['val_split']}")
+    if not 0 <= config["label_smoothing"] < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
+
+
+def build_optimizer(config, steps_per_epoch):
+    learning_rate = config["lr"]
+    if config["schedule"] == "cosine":
+        warmup = config["warmup_epochs"] * steps_per_epoch
+        decay = max(1, config["epochs"] * steps_per_epoch - warmup)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config["lr"] / 10 if warmup else config["lr"],
+            decay,
+            alpha=0.01,
+            warmup_target=config["lr"] if warmup else None,
+            warmup_steps=warmup,
+        )
+    if config["optimizer"] == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None)
+    if config["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"] or 1e-4)
+    return keras.optimizers.Adam(learning_rate)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After each epoch, atomically: history.csv, best.keras on a new best, last.keras + state.json.
+
+    Owning history and the best score here (rather than CSVLogger + ModelCheckpoint) keeps a
+    resumed run's history free of repeated epochs and its best model from being overwritten
+    by a worse one.
+    """
+
+    def __init__(self, run_dir, history=None, best=-math.inf):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.rows = list(history or [])
+        self.best = best
+        self.diverged_epoch = None
+        self._epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = time.perf_counter() - self._epoch_start
+        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in logs.items()}})
+        write_text(self.run_dir / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
+        if not math.isfinite(logs.get("loss", 0.0)):
+            self.diverged_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        score = logs.get(MONITOR, -math.inf)
+        if score > self.best:
+            self.best = score
+            save_model(self.model, self.run_dir / "best.keras")
+        save_model(self.model, self.run_dir / "last.keras")
+        write_json(self.run_dir / "state.json", {"epochs_done": epoch + 1, "best": self.best})
+
+
+def _callbacks(config, checkpoint):
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if config["schedule"] == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=MONITOR, mode="max", factor=0.5, patience=max(2, config["patience"] // 3), min_lr=config["lr"] / 100, verbose=1
+            )
+        )
+    if config["patience"] > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1))
+    callbacks.append(checkpoint)
+    return callbacks
+
+
+def _one_hot(labels):
+    return np.eye(len(EMOTIONS), dtype="float32")[labels]
+
+
+def class_weights(labels, mode):
+    if mode != "balanced":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(label): float(weight) for label, weight in zip(present, weights)}
+
+
+def make_model(config, build_network, train_pixels):
+    """Preprocessing from the config (featurewise statistics from the training split) + network."""
+    augment = None
+    if config["augment"]:
+        augment = {key: config[key] for key in ("rotation_range", "width_shift_range", "height_shift_range", "zoom_range", "horizontal_flip")}
+    preprocessing = preprocessing_layers(
+        augment=augment,
+        erasing=config["random_erasing"],
+        normalization=config["normalization"],
+        mean=float(train_pixels.mean()),
+        std=float(train_pixels.std()) or 1.0,
+        seed=config["seed"],
+    )
+    return build_network(config, preprocessing)
+
+
+def _compile(model, config, steps_per_epoch):
+    model.compile(
+        optimizer=build_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
+        metrics=["accuracy"],
+    )
+
+
+def _resume_state(run_dir):
+    run_dir = Path(run_dir)
+    for name in ("config.json", "state.json", "last.keras", "history.csv"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir}: cannot resume, {name} is missing (no epoch finished yet?)")
+    config = json.loads((run_dir / "config.json").read_text())
+    state = json.loads((run_dir / "state.json").read_text())
+    history = pd.read_csv(run_dir / "history.csv")
+    history = history[history["epoch"] <= state["epochs_done"]].to_dict("records")
+    return config, state, history
+
+
+def train(family, config, build_network, resume=None):
+    """Train one model; returns the run directory. config: the script's flags as a dict."""
+    if resume:
+        config, state, history = _resume_state(resume)
+        run_dir = Path(resume)
+    else:
+        check_config(config)
+        state, history = {"epochs_done": 0, "best": -math.inf}, []
+    backend.make_deterministic(config["seed"])
+    use_gpu = backend.gpu_available()
+    if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    splits = load_splits(config["data"], config["val_split"], config["seed"])
+    if "train" not in splits or "validation" not in splits:
+        raise UserError(f"{config['data']}: needs labeled rows for training and validation (a test.csv has no labels)")
+    train_split, validation = splits["train"], splits["validation"]
+    steps_per_epoch = math.ceil(len(train_split) / config["batch_size"])
+
+    if resume:
+        model = keras.saving.load_model(run_dir / "last.keras")
+    else:
+        model = make_model(config, build_network, train_split.pixels)
+        _compile(model, config, steps_per_epoch)
+        run_dir = new_run_dir(config["runs_dir"], family)
+        config = {
+            **config,
+            "family": family,
+            "run_dir": str(run_dir),
+            "data_digest": file_digest(config["data"]),
+            "train_rows": len(train_split),
+            "validation_rows": len(validation),
+            "parameters": model.count_params(),
+            "trainable_parameters": trainable_parameter_count(model),
+            "versions": {**backend.versions(), "fersuite": __version__},
+            "gpu": use_gpu,
+            "command": " ".join(sys.argv),
+        }
+        write_json(run_dir / "config.json", config)
+    print(f"run directory: {run_dir}")
+    print(f"{family}: {config['parameters']:,} parameters, {len(train_split):,} training and {len(validation):,} validation images, backend {backend.name()}")
+
+    checkpoint = RunCheckpoint(run_dir, history, state["best"])
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        model.fit(
+            train_split.pixels,
+            _one_hot(train_split.labels),
+            batch_size=config["batch_size"],
+            epochs=config["epochs"],
+            initial_epoch=state["epochs_done"],
+            validation_data=(validation.pixels, _one_hot(validation.labels)),
+            class_weight=class_weights(train_split.labels, config["class_weight"]),
+            callbacks=_callbacks(config, checkpoint),
+            shuffle=True,
+            verbose=config.get("verbose", 1),
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    wall = time.perf_counter() - started
+    metrics = finish(run_dir, config, checkpoint, validation, wall, interrupted)
+    script = f"train_{family}.py"
+    if interrupted:
+        print(f"\ninterrupted: best model and history are in {run_dir}\nresume with: python {script} --resume {run_dir}", file=sys.stderr)
+        raise SystemExit(130)
+    if checkpoint.diverged_epoch is not None:
+        raise UserError(
+            f"the loss became NaN in epoch {checkpoint.diverged_epoch}; training stopped, {run_dir / 'best.keras'} "
+            "holds the last good best model (try a lower --lr)"
+        )
+    print(f"best validation accuracy {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']})")
+    print(f"run directory: {run_dir}")
+    return run_dir
+
+
+def finish(run_dir, config, checkpoint, validation, wall, interrupted):
+    """metrics.json (+ confusion matrix of best.keras on validation) from what the run finished."""
+    history = pd.DataFrame(checkpoint.rows)
+    metrics = {
+        "family": config["family"],
+        "parameters": config["parameters"],
+        "epochs_run": len(history),
+        "wall_seconds": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
+        "wall_seconds_this_session": round(wall, 1),
+        "seconds_per_epoch": round(float(history["seconds"].mean()), 2) if len(history) else None,
+        "interrupted": interrupted,
+        "diverged_epoch": checkpoint.diverged_epoch,
+        "backend": backend.name(),
+    }
+    if len(history) and MONITOR in history and history[MONITOR].notna().any():
+        best = history.loc[history[MONITOR].idxmax()]
+        metrics.update(best_val_accuracy=float(best[MONITOR]), best_epoch=int(best["epoch"]))
+        metrics["train_images_per_second"] = round(config["train_rows"] / metrics["seconds_per_epoch"], 1)
+    best_path = Path(run_dir) / "best.keras"
+    if best_path.exists() and not interrupted:
+        model = evaluation.load_model(best_path)
+        probabilities = evaluation.predict_probabilities([model], validation.pixels)
+        predictions = probabilities.argmax(axis=1)
+        write_text(Path(run_dir) / "confusion_matrix.csv", evaluation.confusion_frame(validation.labels, predictions).to_csv())
+        metrics["val_accuracy_best_model"] = evaluation.accuracy(validation.labels, probabilities)
+        metrics["per_class_recall"] = {
+            emotion: round(values["recall"], 4)
+            for emotion, values in evaluation.classification_report(validation.labels, predictions).items()
+            if emotion in EMOTIONS
+        }
+    write_json(Path(run_dir) / "metrics.json", metrics)
+    return metrics
+

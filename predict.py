@@ -1,0 +1,101 @@
+"""Predict emotions with one or more trained models: a Kaggle submission, scores, or image files.
+
+    python predict.py --model runs/cnn-.../best.keras --data ../shared/data/fer2013/test.csv.xz --out submission.csv
+    python predict.py --model a.keras --model b.keras --tta flip --data test.csv.xz   # ensemble
+    python predict.py --model best.keras face1.png face2.jpg                           # image files
+
+test.csv (id,feature) -> `id,label` submission. fer2013.csv (emotion,pixels,Usage) -> also prints
+PublicTest/PrivateTest accuracy (Kaggle's public/private scores). A labeled train.csv -> accuracy.
+Without --model, every .keras file in models/ is used as an ensemble.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from fersuite import cli
+
+cli.quiet_backend_logs()
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def parse_args():
+    from fersuite.evaluation import TTA_CHOICES
+
+    parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*", help="image files (PNG/JPG, any size or colour) to classify")
+    parser.add_argument("--model", action="append", help=f".keras file; repeat for an ensemble (default: every model in {MODELS_DIR.name}/)")
+    parser.add_argument("--data", help="CSV to predict: test.csv (id,feature), fer2013.csv or a labeled train.csv")
+    parser.add_argument("--out", default="submission.csv", help="submission file (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="flip", help="test-time augmentation: average over the mirror image (flip) and 4 shifted crops (crops) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
+    args = parser.parse_args()
+    if not args.images and not args.data:
+        parser.error("give --data CSV or image files")
+    if args.images and args.data:
+        parser.error("give either --data or image files, not both")
+    return args
+
+
+def model_paths(args):
+    from fersuite.errors import UserError
+
+    if args.model:
+        return args.model
+    shipped = sorted(MODELS_DIR.glob("*.keras"))
+    if not shipped:
+        raise UserError(f"no --model given and no .keras file in {MODELS_DIR}")
+    return shipped
+
+
+def check_output(path, force):
+    """Refuse before any work is done, so nothing is half-done or overwritten by accident."""
+    from fersuite.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file name for the submission")
+    if path.exists() and not force:
+        raise UserError(f"{path}: already exists; pass --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{parent}: output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{parent}: output directory is not writable")
+
+
+def main():
+    args = parse_args()
+    from fersuite import EMOTIONS, data, evaluation
+
+    if args.data:
+        check_output(args.out, args.force)
+    models = [evaluation.load_model(path) for path in model_paths(args)]
+
+    if args.images:
+        faces = data.load_images(args.images)
+        probabilities = evaluation.predict_probabilities(models, faces.pixels, args.tta, args.batch_size)
+        print("file,emotion,confidence")
+        for name, row in zip(faces.ids, probabilities):
+            print(f"{name},{EMOTIONS[row.argmax()]},{row.max():.3f}")
+        return
+
+    table = data.load_table(args.data)
+    rows = table.usage != "Training" if table.layout == "fer2013" else slice(None)
+    probabilities = evaluation.predict_probabilities(models, table.pixels[rows], args.tta, args.batch_size, verbose=1)
+    if table.layout == "fer2013":
+        for usage, label in (("PublicTest", "public"), ("PrivateTest", "private")):
+            chosen = table.usage[rows] == usage
+            if chosen.any():
+                score = evaluation.accuracy(table.labels[rows][chosen], probabilities[chosen])
+                print(f"{label} ({usage}) accuracy: {score:.4f} on {chosen.sum()} images")
+    elif table.layout == "labeled":
+        print(f"accuracy: {evaluation.accuracy(table.labels, probabilities):.4f} on {len(table.labels)} images")
+    evaluation.write_submission(args.out, table.ids[rows], probabilities)
+    print(f"wrote {args.out}: {len(probabilities)} rows (id,label)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli.run(main)

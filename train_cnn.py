@@ -1,0 +1,52 @@
+"""Train the VGG-style CNN on FER2013.
+
+    python train_cnn.py --data ../shared/data/fer2013/train.csv.xz --epochs 60
+
+The default network is the 5.9M-parameter CNN of the 2018 HW3 report (five blocks of two
+3x3 convolutions, 64..512 filters, two Dense(512) layers). Outputs go to runs/cnn-<time>/.
+"""
+
+from fersuite import cli
+
+cli.quiet_backend_logs()
+
+DEFAULTS = dict(epochs=60, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", warmup_epochs=3, patience=0, label_smoothing=0.0)
+
+
+def build_network(config, preprocessing):
+    from fersuite import INPUT_SHAPE, NUM_CLASSES
+    from fersuite.models import build_cnn
+
+    return build_cnn(
+        INPUT_SHAPE,
+        NUM_CLASSES,
+        preprocessing,
+        filters=config["filters"],
+        convs_per_block=config["convs_per_block"],
+        kernel_size=config["kernel_size"],
+        dense=config["dense"],
+        conv_dropout=config["conv_dropout"],
+        dense_dropout=config["dense_dropout"],
+    )
+
+
+def main():
+    from fersuite.models import CNN_FILTERS
+
+    parser = cli.training_parser(__doc__, DEFAULTS)
+    network = parser.add_argument_group("network")
+    network.add_argument("--filters", type=cli.int_list, default=CNN_FILTERS, help="filters per block, comma-separated (default: 64,128,192,256,512)")
+    network.add_argument("--convs-per-block", type=cli.positive_int, default=2, help="(default: %(default)s)")
+    network.add_argument("--kernel-size", type=cli.positive_int, default=3, help="(default: %(default)s)")
+    network.add_argument("--dense", type=cli.int_list, default=(512, 512), help="Dense layer widths (default: 512,512)")
+    network.add_argument("--conv-dropout", type=cli.fraction, default=0.25, help="after each block (default: %(default)s)")
+    network.add_argument("--dense-dropout", type=cli.fraction, default=0.5, help="(default: %(default)s)")
+    args = parser.parse_args()
+
+    from fersuite import training
+
+    training.train("cnn", vars(args), build_network, resume=args.resume)
+
+
+if __name__ == "__main__":
+    cli.run(main)

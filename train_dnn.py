@@ -1,0 +1,41 @@
+"""Train a fully-connected DNN on FER2013, sized to a parameter budget.
+
+    python train_dnn.py --data ../shared/data/fer2013/train.csv.xz --params 5927239 --depth 3
+
+By default the budget is the default CNN's 5,927,239 parameters, so the DNN and the CNN
+compare at equal size (the HW3 question); --units fixes the widths instead.
+Outputs go to runs/dnn-<time>/.
+"""
+
+from fersuite import cli
+
+cli.quiet_backend_logs()
+
+DEFAULT_CNN_PARAMETERS = 5_927_239
+DEFAULTS = dict(epochs=100, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", warmup_epochs=3, patience=0)
+
+
+def build_network(config, preprocessing):
+    from fersuite import INPUT_SHAPE, NUM_CLASSES
+    from fersuite.models import build_dnn, dnn_units_for_budget
+
+    units = config["units"] or dnn_units_for_budget(config["params"], INPUT_SHAPE, NUM_CLASSES, config["depth"])
+    return build_dnn(INPUT_SHAPE, NUM_CLASSES, preprocessing, units=units, dropout=config["dropout"])
+
+
+def main():
+    parser = cli.training_parser(__doc__, DEFAULTS)
+    network = parser.add_argument_group("network")
+    network.add_argument("--params", type=cli.positive_int, default=DEFAULT_CNN_PARAMETERS, help="parameter budget; widths are chosen to land within 2%% of it (default: %(default)s, the default CNN's)")
+    network.add_argument("--depth", type=cli.positive_int, default=3, help="number of hidden Dense layers (default: %(default)s)")
+    network.add_argument("--units", type=cli.int_list, default=None, help="explicit hidden widths, e.g. 1024,512 (overrides --params/--depth)")
+    network.add_argument("--dropout", type=cli.fraction, default=0.3, help="(default: %(default)s)")
+    args = parser.parse_args()
+
+    from fersuite import training
+
+    training.train("dnn", vars(args), build_network, resume=args.resume)
+
+
+if __name__ == "__main__":
+    cli.run(main)
