@@ -155,9 +155,12 @@ def parse_pixels(path, column, texts):
             raise UserError(
                 f"{path}: line {_line(row)}, column '{column}': expected {PIXELS_PER_IMAGE} pixels, found {counts[row]}"
             )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        values = np.fromstring(" ".join(texts), dtype=np.int64, sep=" ")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            values = np.fromstring(" ".join(texts), dtype=np.int64, sep=" ")
+    except ValueError:
+        values = np.empty(0, dtype=np.int64)
     if values.size != len(texts) * PIXELS_PER_IMAGE:
         _raise_first_non_integer(path, column, texts)
     bad = np.flatnonzero((values < 0) | (values > 255))

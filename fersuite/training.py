@@ -188,6 +188,7 @@ def train(family, config, build_network, resume=None):
     if resume:
         config, state, history = _resume_state(resume)
         run_dir = Path(resume)
+        print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     else:
         check_config(config)
         state, history = {"epochs_done": 0, "best": -math.inf}, []

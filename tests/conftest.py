@@ -1,0 +1,101 @@
+"""Synthetic FER CSVs and tiny training settings shared by the tests."""
+
+import gzip
+import lzma
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pixel_text(rng):
+    return " ".join(map(str, rng.integers(0, 256, 2304)))
+
+
+def write_csv(path, header, rows):
+    """Write text rows, compressing by the file's suffix as a user's file would be."""
+    text = header + "\n" + "\n".join(rows) + "\n"
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(Path(path).suffix, open)
+    with opener(path, "wt") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def labeled_rows(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"{index % 7},{pixel_text(rng)}" for index in range(count)]
+
+
+def fer2013_rows(count, seed=0):
+    rng = np.random.default_rng(seed)
+    usages = ["Training"] * (count - count // 4) + ["PublicTest"] * (count // 8)
+    usages += ["PrivateTest"] * (count - len(usages))
+    return [f"{index % 7},{pixel_text(rng)},{usage}" for index, usage in enumerate(usages)]
+
+
+def unlabeled_rows(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"{index},{pixel_text(rng)}" for index in range(count)]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Each test parses afresh and never touches the user's ~/.cache."""
+    monkeypatch.setenv("FERSUITE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def train_csv(tmp_path):
+    return write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(42))
+
+
+@pytest.fixture
+def test_csv(tmp_path):
+    return write_csv(tmp_path / "test.csv", "id,feature", unlabeled_rows(12))
+
+
+@pytest.fixture
+def fer2013_csv(tmp_path):
+    return write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", fer2013_rows(48))
+
+
+TINY_NETWORKS = {
+    "cnn": ["--filters", "4,8", "--dense", "16"],
+    "dnn": ["--units", "16"],
+    "mobilenet": ["--alpha", "0.25"],
+}
+
+
+def run_script(script, *args, env=None, check=False, **kwargs):
+    """Run an entry script the way a user does; returns the CompletedProcess."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=kwargs.pop("cwd", PROJECT),
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def tiny_training_args(family, data, runs_dir, epochs=1, *extra):
+    return [
+        "--data", data, "--runs-dir", runs_dir, "--epochs", epochs, "--batch-size", 16,
+        "--quiet", "--warmup-epochs", 0, *TINY_NETWORKS[family], *extra,
+    ]
+
+
+def only_run(runs_dir):
+    runs = sorted(Path(runs_dir).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,0 +1,257 @@
+"""Every malformed input gives one 'error:' line naming what and where, exit status 2, no output.
+
+The scripts run in-process (their `main` under `cli.run`) so ~40 cases take seconds, not minutes.
+"""
+
+import gzip
+import importlib.util
+import lzma
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import PROJECT, labeled_rows, unlabeled_rows, write_csv
+
+from fersuite import INPUT_SHAPE, NUM_CLASSES, cli, models
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", PROJECT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPTS = {name: load_script(name) for name in ("predict", "train_cnn", "train_dnn", "train_mobilenet")}
+
+
+def invoke(script, args, monkeypatch, capsys):
+    """Run a script's main as `python script.py args`; returns (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, args)])
+    try:
+        cli.run(SCRIPTS[script].main)
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(), alpha=0.25).save(path)
+    return path
+
+
+def _save(model, directory, name):
+    path = directory / name
+    model.save(path)
+    return path
+
+
+def header_rows(header, rows):
+    return header + "\n" + "\n".join(rows) + "\n"
+
+
+def good_test():
+    return header_rows("id,feature", unlabeled_rows(3))
+
+
+def good_train():
+    return header_rows("label,feature", labeled_rows(3))
+
+
+def replace_pixel(text, row, value):
+    """Set the first pixel of data row `row` (0-based) to `value`."""
+    lines = text.split("\n")
+    key, pixels = lines[row + 1].split(",", 1)
+    lines[row + 1] = f"{key},{value} {pixels.split(' ', 1)[1]}"
+    return "\n".join(lines)
+
+
+def replace_label(text, row, value):
+    lines = text.split("\n")
+    lines[row + 1] = f"{value},{lines[row + 1].split(',', 1)[1]}"
+    return "\n".join(lines)
+
+
+def truncated(opener, text, directory, name):
+    path = directory / name
+    with opener(path, "wt") as handle:
+        handle.write(text)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return path
+
+
+def text_file(directory, name, text):
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+# (id, how to make the data file, what the error line must contain)
+DATA_CASES = [
+    ("missing-file", lambda d: d / "nope.csv", "no such file"),
+    ("directory", lambda d: d, "is a directory"),
+    ("empty-file", lambda d: text_file(d, "empty.csv", ""), "empty"),
+    ("header-only", lambda d: text_file(d, "h.csv", "id,feature\n"), "header only"),
+    ("wrong-columns", lambda d: text_file(d, "c.csv", good_test().replace("id,feature", "idx,pixels")), "unexpected columns"),
+    ("missing-column", lambda d: text_file(d, "c.csv", "feature\n" + "1 " * 2304), "unexpected columns"),
+    ("extra-column", lambda d: text_file(d, "c.csv", good_test().replace("id,feature", "id,feature,x").replace("\n", ",1\n")[: -2] + "\n"), "unexpected columns"),
+    ("wrong-separator", lambda d: text_file(d, "c.csv", good_test().replace(",", ";")), "unexpected columns"),
+    ("extra-field-in-a-row", lambda d: text_file(d, "c.csv", good_test().replace("\n1,", "\n1,5,")), "line 3"),
+    ("2303-pixels", lambda d: text_file(d, "c.csv", good_test().rsplit(" ", 1)[0] + "\n"), "found 2303"),
+    ("2305-pixels", lambda d: text_file(d, "c.csv", good_test().rstrip("\n") + " 7\n"), "found 2305"),
+    ("non-numeric-pixel", lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 1, "x7")), "line 3, column 'feature': pixel 1 is 'x7'"),
+    ("pixel-256", lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 2, "256")), "line 4, column 'feature': pixel 1 is 256"),
+    ("pixel-minus-1", lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 0, "-1")), "line 2, column 'feature': pixel 1 is -1"),
+    ("label-7", lambda d: text_file(d, "c.csv", replace_label(good_train(), 1, "7")), "line 3, column 'label': label '7'"),
+    ("label-minus-1", lambda d: text_file(d, "c.csv", replace_label(good_train(), 0, "-1")), "line 2, column 'label'"),
+    ("label-word", lambda d: text_file(d, "c.csv", replace_label(good_train(), 2, "happy")), "label 'happy'"),
+    ("duplicate-ids", lambda d: text_file(d, "c.csv", good_test().replace("\n2,", "\n0,")), "duplicate id '0'"),
+    ("truncated-gz", lambda d: truncated(gzip.open, good_test(), d, "t.csv.gz"), "truncated or corrupt"),
+    ("truncated-xz", lambda d: truncated(lzma.open, good_test(), d, "t.csv.xz"), "truncated or corrupt"),
+    ("binary-garbage", lambda d: (d / "g.csv").write_bytes(bytes(range(256)) * 40) and d / "g.csv", "g.csv"),
+    ("bad-usage", lambda d: text_file(d, "c.csv", header_rows("emotion,pixels,Usage", [r + ",Validation" for r in labeled_rows(2)])), "column 'Usage'"),
+]
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[case[0] for case in DATA_CASES])
+def test_bad_data_file_for_predict(case, tmp_path, model_file, monkeypatch, capsys):
+    _, make, expected = case
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    path = make(data_dir)
+    out = tmp_path / "submission.csv"
+    code, err = invoke("predict", ["--model", model_file, "--data", path, "--out", out], monkeypatch, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("script", ["train_cnn", "train_dnn", "train_mobilenet"])
+def test_bad_data_file_for_training_creates_no_run(script, tmp_path, monkeypatch, capsys):
+    bad = text_file(tmp_path, "bad.csv", replace_pixel(good_train(), 1, "300"))
+    code, err = invoke(script, ["--data", bad, "--runs-dir", tmp_path / "runs", "--epochs", 1], monkeypatch, capsys)
+    assert code == 2 and "pixel 1 is 300" in err and err.count("\n") == 1
+    assert not any((tmp_path / "runs").glob("*"))
+
+
+def _wrong_input_model(directory):
+    inputs = keras.Input((32, 32, 1))
+    return _save(keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs))), directory, "input.keras")
+
+
+def _wrong_classes_model(directory):
+    inputs = keras.Input(INPUT_SHAPE)
+    return _save(keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))), directory, "classes.keras")
+
+
+MODEL_CASES = [
+    ("model-missing", lambda d: d / "none.keras", "no such file"),
+    ("model-not-a-model", lambda d: text_file(d, "fake.keras", "not a zip"), "not a readable Keras model"),
+    ("model-is-a-directory", lambda d: d, "is a directory"),
+    ("model-wrong-input-shape", _wrong_input_model, "expected (48, 48, 1)"),
+    ("model-wrong-classes", _wrong_classes_model, "outputs 5 classes"),
+]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=[case[0] for case in MODEL_CASES])
+def test_bad_model_file(case, tmp_path, monkeypatch, capsys):
+    _, make, expected = case
+    directory = tmp_path / "models"
+    directory.mkdir()
+    data = text_file(tmp_path, "test.csv", good_test())
+    out = tmp_path / "submission.csv"
+    code, err = invoke("predict", ["--model", make(directory), "--data", data, "--out", out], monkeypatch, capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_non_image_file_given_as_image(tmp_path, model_file, monkeypatch, capsys):
+    fake = text_file(tmp_path, "face.png", "this is text")
+    code, err = invoke("predict", ["--model", model_file, fake], monkeypatch, capsys)
+    assert code == 2 and "face.png: not a readable image" in err
+
+
+def test_missing_image_file(tmp_path, model_file, monkeypatch, capsys):
+    code, err = invoke("predict", ["--model", model_file, tmp_path / "nope.jpg"], monkeypatch, capsys)
+    assert code == 2 and "no such file" in err
+
+
+OUTPUT_CASES = [
+    ("existing-submission", lambda d: text_file(d, "sub.csv", "keep me"), "already exists; pass --force"),
+    ("missing-output-dir", lambda d: d / "no" / "sub.csv", "does not exist"),
+    ("output-is-a-directory", lambda d: d, "is a directory"),
+]
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES, ids=[case[0] for case in OUTPUT_CASES])
+def test_bad_output_path(case, tmp_path, model_file, monkeypatch, capsys):
+    _, make, expected = case
+    data = text_file(tmp_path, "test.csv", good_test())
+    out = make(tmp_path)
+    code, err = invoke("predict", ["--model", model_file, "--data", data, "--out", out], monkeypatch, capsys)
+    assert code == 2 and expected in err, err
+    if out.is_file():
+        assert out.read_text() == "keep me"
+
+
+def test_unwritable_runs_dir(tmp_path, monkeypatch, capsys):
+    blocker = text_file(tmp_path, "runs", "a file, not a directory")
+    data = text_file(tmp_path, "train.csv", header_rows("label,feature", labeled_rows(14)))
+    code, err = invoke("train_dnn", ["--data", data, "--runs-dir", blocker / "sub", "--epochs", 1], monkeypatch, capsys)
+    assert code == 2 and "cannot create the runs directory" in err
+
+
+FLAG_CASES = [
+    ("train_cnn", ["--epochs", "-1"], "--epochs"),
+    ("train_cnn", ["--epochs", "0"], "--epochs"),
+    ("train_dnn", ["--val-split", "0"], "--val-split"),
+    ("train_dnn", ["--val-split", "1"], "--val-split"),
+    ("train_mobilenet", ["--batch-size", "0"], "--batch-size"),
+    ("train_mobilenet", ["--alpha", "-0.5"], "--alpha"),
+    ("train_cnn", ["--filters", "64,x"], "--filters"),
+    ("train_cnn", ["--lr", "0"], "--lr"),
+    ("train_dnn", ["--label-smoothing", "1.5"], "--label-smoothing"),
+    ("train_cnn", ["--optimizer", "rmsprop"], "--optimizer"),
+    ("predict", ["--model", "m.keras"], "give --data"),
+]
+
+
+@pytest.mark.parametrize("script,args,expected", FLAG_CASES, ids=[" ".join(c[1]) for c in FLAG_CASES])
+def test_bad_flags(script, args, expected, tmp_path, monkeypatch, capsys):
+    data = text_file(tmp_path, "train.csv", good_train())
+    extra = [] if script == "predict" else ["--data", data, "--runs-dir", tmp_path / "runs"]
+    code, err = invoke(script, [*extra, *args], monkeypatch, capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_training_on_unlabeled_test_csv(tmp_path, monkeypatch, capsys):
+    data = text_file(tmp_path, "test.csv", good_test())
+    code, err = invoke("train_dnn", ["--data", data, "--runs-dir", tmp_path / "runs"], monkeypatch, capsys)
+    assert code == 2 and "needs labeled rows" in err
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    code, err = invoke("train_cnn", ["--resume", tmp_path], monkeypatch, capsys)
+    assert code == 2 and "cannot resume" in err
+
+
+def test_at_least_thirty_distinct_cases():
+    assert len(DATA_CASES) + len(MODEL_CASES) + len(OUTPUT_CASES) + len(FLAG_CASES) + 5 >= 30
+
+
+def test_unusual_files_are_accepted_by_predict(tmp_path, model_file, monkeypatch, capsys):
+    text = "\ufeff" + good_test().replace("\n", "\r\n").rstrip("\r\n")
+    data = tmp_path / "odd.csv"
+    data.write_bytes(text.encode())
+    out = tmp_path / "sub.csv"
+    code = invoke("predict", ["--model", model_file, "--data", data, "--out", out], monkeypatch, capsys)[0]
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]

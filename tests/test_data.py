@@ -1,0 +1,107 @@
+"""Parsing both CSV layouts, compressed files, splits, the cache, and accepted oddities."""
+
+import numpy as np
+import pytest
+from conftest import fer2013_rows, labeled_rows, unlabeled_rows, write_csv
+
+from fersuite import data
+from fersuite.errors import UserError
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".xz"])
+def test_homework_train_layout_and_compression(tmp_path, suffix):
+    rows = labeled_rows(30, seed=1)
+    path = write_csv(tmp_path / f"train.csv{suffix}", "label,feature", rows)
+    table = data.load_table(path)
+    assert table.layout == "labeled"
+    assert table.pixels.shape == (30, 48, 48, 1) and table.pixels.dtype == np.uint8
+    first = np.array(rows[0].split(",")[1].split(), dtype=np.uint8).reshape(48, 48)
+    np.testing.assert_array_equal(table.pixels[0, :, :, 0], first)
+    np.testing.assert_array_equal(table.labels, [index % 7 for index in range(30)])
+
+
+def test_fer2013_layout_splits_by_usage(fer2013_csv):
+    splits = data.load_splits(fer2013_csv)
+    assert {name: len(split) for name, split in splits.items()} == {"train": 36, "validation": 6, "test": 6}
+    assert splits["validation"].labels is not None
+
+
+def test_test_layout_keeps_ids_and_has_no_labels(tmp_path):
+    path = write_csv(tmp_path / "test.csv", "id,feature", unlabeled_rows(5))
+    splits = data.load_splits(path)
+    assert list(splits) == ["test"]
+    assert splits["test"].labels is None
+    assert list(splits["test"].ids) == ["0", "1", "2", "3", "4"]
+
+
+def test_validation_split_is_stratified_and_seeded(tmp_path):
+    path = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(140))
+    first = data.load_splits(path, val_split=0.1, seed=3)
+    again = data.load_splits(path, val_split=0.1, seed=3)
+    other = data.load_splits(path, val_split=0.1, seed=4)
+    assert len(first["validation"]) == 14
+    assert np.bincount(first["validation"].labels, minlength=7).tolist() == [2] * 7
+    np.testing.assert_array_equal(first["validation"].ids, again["validation"].ids)
+    assert not np.array_equal(first["validation"].ids, other["validation"].ids)
+    assert not set(first["train"].ids) & set(first["validation"].ids)
+
+
+def test_cache_is_keyed_by_content(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    path = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(10))
+    data.load_table(path)
+    assert len(list(cache.glob("*.npz"))) == 1
+    monkeypatch.setattr(data, "parse_csv", lambda path: pytest.fail("parsed again despite the cache"))
+    cached = data.load_table(path)
+    assert cached.pixels.shape == (10, 48, 48, 1) and cached.layout == "labeled"
+    write_csv(path, "label,feature", labeled_rows(10, seed=9))
+    monkeypatch.undo()
+    monkeypatch.setenv("FERSUITE_CACHE_DIR", str(cache))
+    changed = data.load_table(path)
+    assert not np.array_equal(changed.pixels, cached.pixels)
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def _odd_file(tmp_path, text, encoding="utf-8"):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        pytest.param(lambda text: text.replace("\n", "\r\n"), id="crlf"),
+        pytest.param(lambda text: "\ufeff" + text, id="bom"),
+        pytest.param(lambda text: text.rstrip("\n"), id="no-trailing-newline"),
+        pytest.param(lambda text: text.replace(" ", "  ").replace(",", " , "), id="extra-whitespace"),
+        pytest.param(lambda text: text.replace("label,feature", " label , feature "), id="spaced-header"),
+    ],
+)
+def test_unusual_but_valid_files_are_accepted(tmp_path, transform):
+    rows = labeled_rows(4, seed=2)
+    text = "label,feature\n" + "\n".join(rows) + "\n"
+    table = data.load_table(_odd_file(tmp_path, transform(text)))
+    expected = np.array([row.split(",")[1].split() for row in rows], dtype=np.uint8)
+    np.testing.assert_array_equal(table.pixels.reshape(4, -1), expected)
+    np.testing.assert_array_equal(table.labels, [0, 1, 2, 3])
+
+
+def test_error_names_file_line_and_column(tmp_path):
+    rows = labeled_rows(5)
+    rows[3] = rows[3].rsplit(" ", 1)[0]
+    path = write_csv(tmp_path / "short.csv", "label,feature", rows)
+    with pytest.raises(UserError, match=r"short\.csv: line 5, column 'feature': expected 2304 pixels, found 2303"):
+        data.load_table(path)
+
+
+def test_images_any_size_and_colour_become_grayscale_48(tmp_path):
+    from PIL import Image
+
+    colour = tmp_path / "face.png"
+    Image.new("RGB", (100, 80), (200, 10, 10)).save(colour)
+    gray = tmp_path / "face.jpg"
+    Image.new("L", (48, 48), 7).save(gray)
+    faces = data.load_images([colour, gray])
+    assert faces.pixels.shape == (2, 48, 48, 1) and faces.pixels.dtype == np.uint8
+    assert faces.pixels[1].max() <= 10

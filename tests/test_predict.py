@@ -1,0 +1,73 @@
+"""predict.py: Kaggle submission, public/private scores, ensembles with TTA, image files."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import only_run, run_script, tiny_training_args
+
+from fersuite import evaluation
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    from conftest import labeled_rows, write_csv
+
+    directory = tmp_path_factory.mktemp("trained")
+    data = write_csv(directory / "train.csv", "label,feature", labeled_rows(42))
+    run_script("train_mobilenet.py", *tiny_training_args("mobilenet", data, directory / "runs"), check=True)
+    return only_run(directory / "runs") / "best.keras"
+
+
+def test_submission_has_one_row_per_test_id(trained_model, test_csv, tmp_path):
+    out = tmp_path / "submission.csv"
+    result = run_script("predict.py", "--model", trained_model, "--data", test_csv, "--out", out, check=True)
+    submission = pd.read_csv(out)
+    assert list(submission.columns) == ["id", "label"]
+    assert list(submission["id"]) == list(range(12))
+    assert submission["label"].between(0, 6).all()
+    assert "12 rows" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != "cache") == ["submission.csv", "test.csv"]
+
+
+def test_existing_submission_is_kept_unless_forced(trained_model, test_csv, tmp_path):
+    out = tmp_path / "submission.csv"
+    out.write_text("mine")
+    refused = run_script("predict.py", "--model", trained_model, "--data", test_csv, "--out", out)
+    assert refused.returncode == 2 and out.read_text() == "mine"
+    run_script("predict.py", "--model", trained_model, "--data", test_csv, "--out", out, "--force", check=True)
+    assert out.read_text().startswith("id,label")
+
+
+def test_fer2013_prints_public_and_private_accuracy(trained_model, fer2013_csv, tmp_path):
+    result = run_script("predict.py", "--model", trained_model, "--data", fer2013_csv, "--out", tmp_path / "s.csv", check=True)
+    assert "public (PublicTest) accuracy:" in result.stdout and "private (PrivateTest) accuracy:" in result.stdout
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 12
+
+
+def test_ensemble_with_crops_averages_probabilities(trained_model, test_csv, tmp_path):
+    run_script(
+        "predict.py", "--model", trained_model, "--model", trained_model, "--tta", "crops",
+        "--data", test_csv, "--out", tmp_path / "s.csv", check=True,
+    )
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 12
+
+
+def test_tta_views_and_average():
+    pixels = np.arange(2 * 48 * 48).reshape(2, 48, 48, 1).astype("float32")
+    views = evaluation.tta_views(pixels, "crops")
+    assert len(views) == 6 and all(view.shape == pixels.shape for view in views)
+    np.testing.assert_array_equal(views[1], pixels[:, :, ::-1])
+
+
+def test_image_files_are_classified(trained_model, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for index, size in enumerate([(48, 48), (120, 90)]):
+        paths.append(tmp_path / f"face{index}.png")
+        Image.new("RGB", size, (index * 90, 50, 50)).save(paths[-1])
+    result = run_script("predict.py", "--model", trained_model, *paths, check=True)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "file,emotion,confidence" and len(lines) == 3
+    name, emotion, confidence = lines[1].split(",")
+    assert name.endswith("face0.png") and 0 <= float(confidence) <= 1

@@ -1,0 +1,180 @@
+"""Training runs: run directory contents, resume after SIGKILL, Ctrl-C, NaN, reproducibility."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PROJECT, labeled_rows, only_run, run_script, tiny_training_args, write_csv
+
+from fersuite import INPUT_SHAPE, NUM_CLASSES, training
+from fersuite.errors import UserError
+from fersuite.evaluation import load_model
+
+RUN_FILES = {"config.json", "history.csv", "best.keras", "last.keras", "state.json", "metrics.json", "confusion_matrix.csv"}
+
+
+@pytest.mark.parametrize("family", ["cnn", "dnn", "mobilenet"])
+def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
+    runs = tmp_path / "runs"
+    result = run_script(f"train_{family}.py", *tiny_training_args(family, train_csv, runs), check=True)
+    run_dir = only_run(runs)
+    assert run_dir.name.startswith(f"{family}-")
+    assert f"run directory: {run_dir}" in result.stdout
+    assert RUN_FILES <= {path.name for path in run_dir.iterdir()}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["family"] == family and config["seed"] == 0 and config["epochs"] == 1
+    assert config["versions"]["backend"] == "tensorflow" and config["versions"]["keras"] == keras.__version__
+    assert len(config["data_digest"]) == 32
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["parameters"] == config["parameters"]
+    assert 0 <= metrics["best_val_accuracy"] <= 1
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [1]
+    assert {"accuracy", "loss", "val_accuracy", "val_loss", "learning_rate", "seconds"} <= set(history)
+    confusion = pd.read_csv(run_dir / "confusion_matrix.csv", index_col=0)
+    assert confusion.to_numpy().sum() == config["validation_rows"]
+    load_model(run_dir / "best.keras")
+
+
+def test_runs_never_share_a_directory(tmp_path):
+    made = {training.new_run_dir(tmp_path, "cnn") for _ in range(3)}
+    assert len(made) == 3 and all(path.is_dir() for path in made)
+
+
+def _history_rows(run_dir):
+    path = run_dir / "history.csv"
+    return len(pd.read_csv(path)) if path.exists() else 0
+
+
+def _epochs_done(run_dir):
+    """Finished epochs as the run itself records them (state.json is written last)."""
+    path = run_dir / "state.json"
+    return json.loads(path.read_text())["epochs_done"] if path.exists() else 0
+
+
+def _start_training(data, runs, epochs):
+    """A training process of ~200 images, so each epoch takes a moment to kill it in."""
+    args = tiny_training_args("mobilenet", data, runs, epochs)
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT / "train_mobilenet.py"), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT,
+    )
+
+
+def _wait_for_epochs(process, runs, count, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run_dirs = list(runs.glob("mobilenet-*")) if runs.exists() else []
+        if run_dirs and _epochs_done(run_dirs[0]) >= count:
+            return run_dirs[0]
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+@pytest.fixture
+def bigger_csv(tmp_path):
+    return write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(400))
+
+
+def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, tmp_path):
+    runs = tmp_path / "runs"
+    process = _start_training(bigger_csv, runs, epochs=6)
+    run_dir = _wait_for_epochs(process, runs, 2)
+    process.kill()
+    process.wait()
+    done = _epochs_done(run_dir)
+    assert 2 <= done < 6
+    load_model(run_dir / "best.keras")
+    assert not [path for path in run_dir.iterdir() if path.name.startswith(".")]
+
+    result = run_script("train_mobilenet.py", "--resume", run_dir, check=True)
+    assert f"resuming {run_dir} after epoch {done}" in result.stdout
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 6
+    assert list(runs.iterdir()) == [run_dir]
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
+    runs = tmp_path / "runs"
+    process = _start_training(bigger_csv, runs, epochs=50)
+    run_dir = _wait_for_epochs(process, runs, 1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert f"resume with: python train_mobilenet.py --resume {run_dir}" in stderr
+    assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
+    assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class PoisonAfter(keras.layers.Layer):
+    """Outputs NaN once it has seen `steps` training batches: a loss that blows up mid-run."""
+
+    def __init__(self, steps, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+        self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
+
+    def call(self, inputs, training=False):
+        if training:
+            self.seen.assign(self.seen + 1.0)
+        return inputs * keras.ops.where(self.seen > self.steps, math.nan, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "steps": self.steps}
+
+
+def _tiny_config(data, runs, epochs):
+    import train_dnn  # noqa: F401  the script's defaults are what a user gets
+
+    parser = train_dnn_parser()
+    return vars(parser.parse_args(["--data", str(data), "--runs-dir", str(runs), "--epochs", str(epochs), "--units", "8", "--batch-size", "16", "--warmup-epochs", "0", "--quiet"]))
+
+
+def train_dnn_parser():
+    from fersuite import cli
+    from train_dnn import DEFAULTS
+
+    parser = cli.training_parser("", DEFAULTS)
+    parser.add_argument("--units", type=cli.int_list)
+    return parser
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT))
+    config = _tiny_config(train_csv, tmp_path / "runs", epochs=5)
+    steps_per_epoch = math.ceil(38 / 16)
+
+    def build(config, preprocessing):
+        inputs = keras.Input(INPUT_SHAPE)
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = PoisonAfter(steps_per_epoch)(keras.layers.Flatten()(x))
+        return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES, activation="softmax")(x))
+
+    with pytest.raises(UserError, match="the loss became NaN in epoch 2"):
+        training.train("dnn", config, build)
+    run_dir = only_run(tmp_path / "runs")
+    model = keras.saving.load_model(run_dir / "best.keras")
+    assert np.isfinite(model.predict(np.zeros((1, *INPUT_SHAPE)), verbose=0)).all()
+    assert json.loads((run_dir / "state.json").read_text())["epochs_done"] == 1
+
+
+def test_same_seed_gives_the_same_history(train_csv, tmp_path):
+    histories = []
+    for attempt in ("a", "b"):
+        runs = tmp_path / attempt
+        run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, runs, 2, "--seed", "7"), check=True)
+        histories.append(pd.read_csv(only_run(runs) / "history.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(histories[0].round(4), histories[1].round(4))
