@@ -10,7 +10,16 @@ from fersuite import cli
 
 cli.quiet_backend_logs()
 
-DEFAULTS = dict(epochs=60, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", warmup_epochs=3, patience=0, label_smoothing=0.0)
+DEFAULTS = {
+    "epochs": 60,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "schedule": "cosine",
+    "warmup_epochs": 3,
+    "patience": 0,
+    "label_smoothing": 0.0,
+}
 
 
 def build_network(config, preprocessing):

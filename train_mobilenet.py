@@ -11,7 +11,15 @@ from fersuite import cli
 
 cli.quiet_backend_logs()
 
-DEFAULTS = dict(epochs=100, batch_size=128, optimizer="adam", lr=2e-3, schedule="cosine", warmup_epochs=3, patience=0)
+DEFAULTS = {
+    "epochs": 100,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "lr": 2e-3,
+    "schedule": "cosine",
+    "warmup_epochs": 3,
+    "patience": 0,
+}
 
 
 def build_network(config, preprocessing):

@@ -22,7 +22,7 @@ def load_model(path):
     path = check_readable_file(path)
     try:
         model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a file that is not a model
+    except Exception as error:  # noqa: BLE001  Keras raises many types for a file that is not a model
         raise UserError(f"{path}: not a readable Keras model ({type(error).__name__})") from None
     input_shape = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else None
     if input_shape != INPUT_SHAPE:

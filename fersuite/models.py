@@ -120,7 +120,7 @@ def dnn_units_for_budget(budget, input_shape, num_classes, depth=3):
 
 
 def _scaled(channels, alpha):
-    return max(1, int(round(channels * alpha)))
+    return max(1, round(channels * alpha))
 
 
 def build_mobilenet(

@@ -75,7 +75,7 @@ TINY_NETWORKS = {
 def run_script(script, *args, env=None, check=False, **kwargs):
     """Run an entry script the way a user does; returns the CompletedProcess."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510  callers check returncode themselves
         [sys.executable, str(PROJECT / script), *map(str, args)],
         capture_output=True,
         text=True,

@@ -9,9 +9,8 @@ import lzma
 import sys
 
 import keras
-import numpy as np
 import pytest
-from conftest import PROJECT, labeled_rows, unlabeled_rows, write_csv
+from conftest import PROJECT, labeled_rows, unlabeled_rows
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, cli, models
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import fer2013_rows, labeled_rows, unlabeled_rows, write_csv
+from conftest import labeled_rows, unlabeled_rows, write_csv
 
 from fersuite import data
 from fersuite.errors import UserError

@@ -69,5 +69,5 @@ def test_image_files_are_classified(trained_model, tmp_path):
     result = run_script("predict.py", "--model", trained_model, *paths, check=True)
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "file,emotion,confidence" and len(lines) == 3
-    name, emotion, confidence = lines[1].split(",")
+    name, _emotion, confidence = lines[1].split(",")
     assert name.endswith("face0.png") and 0 <= float(confidence) <= 1

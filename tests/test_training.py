@@ -137,19 +137,15 @@ class PoisonAfter(keras.layers.Layer):
 
 
 def _tiny_config(data, runs, epochs):
-    import train_dnn  # noqa: F401  the script's defaults are what a user gets
-
-    parser = train_dnn_parser()
-    return vars(parser.parse_args(["--data", str(data), "--runs-dir", str(runs), "--epochs", str(epochs), "--units", "8", "--batch-size", "16", "--warmup-epochs", "0", "--quiet"]))
-
-
-def train_dnn_parser():
-    from fersuite import cli
+    """train_dnn.py's flags and defaults, as the script would pass them to training.train."""
     from train_dnn import DEFAULTS
+
+    from fersuite import cli
 
     parser = cli.training_parser("", DEFAULTS)
     parser.add_argument("--units", type=cli.int_list)
-    return parser
+    args = ["--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0]
+    return vars(parser.parse_args([*map(str, args), "--quiet"]))
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_path, monkeypatch):
