@@ -66,7 +66,7 @@ def check_config(config):
 def build_optimizer(config, steps_per_epoch):
     learning_rate = config["lr"]
     if config["schedule"] == "cosine":
-        warmup = config["warmup_epochs"] * steps_per_epoch
+        warmup = min(config["warmup_epochs"], config["epochs"] - 1) * steps_per_epoch
         decay = max(1, config["epochs"] * steps_per_epoch - warmup)
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config["lr"] / 10 if warmup else config["lr"],

@@ -138,9 +138,8 @@ class PoisonAfter(keras.layers.Layer):
 
 def _tiny_config(data, runs, epochs):
     """train_dnn.py's flags and defaults, as the script would pass them to training.train."""
-    from train_dnn import DEFAULTS
-
     from fersuite import cli
+    from train_dnn import DEFAULTS
 
     parser = cli.training_parser("", DEFAULTS)
     parser.add_argument("--units", type=cli.int_list)
