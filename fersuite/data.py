@@ -8,6 +8,7 @@ Layouts, told apart by the header:
 
 import gzip
 import hashlib
+import io
 import lzma
 import os
 import warnings
@@ -80,35 +81,51 @@ def cache_dir():
     return Path(os.environ.get("FERSUITE_CACHE_DIR", Path.home() / ".cache" / "fersuite"))
 
 
+PACKED_FILTERS = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 9}]
+
+
+def is_packed(path):
+    return Path(path).name.endswith((".npz", ".npz.xz"))
+
+
+def pack_table(table, path):
+    """A parsed table as uint8 .npz (+ xz with a delta filter): ~20% smaller than the .csv.xz,
+    and loaded without parsing; how training rows travel to a GPU machine."""
+    buffer = io.BytesIO()
+    np.savez(buffer, pixels=table.pixels, labels=table.labels, ids=table.ids, usage=table.usage, layout=np.array(table.layout))
+    payload = buffer.getvalue()
+    if str(path).endswith(".xz"):
+        payload = lzma.compress(payload, format=lzma.FORMAT_XZ, filters=PACKED_FILTERS)
+    with atomic_path(path, suffix=".tmp") as temporary:
+        temporary.write_bytes(payload)
+
+
+def _load_packed(path):
+    try:
+        opener = lzma.open if str(path).endswith(".xz") else open
+        with opener(path, "rb") as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as arrays:
+            fields = {name: arrays[name] for name in arrays.files}
+        return Table(**{**fields, "layout": str(fields["layout"])})
+    except (OSError, EOFError, lzma.LZMAError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a packed FER table, or truncated ({type(error).__name__})") from None
+
+
 def load_table(path, use_cache=True):
     """Parse a FER CSV once; later loads of the same content come from a uint8 .npz cache."""
     path = check_readable_file(path)
+    if is_packed(path):
+        return _load_packed(path)
     cached = cache_dir() / f"{file_digest(path)}-v{CACHE_VERSION}.npz" if use_cache else None
     if cached is not None and cached.exists():
-        with np.load(cached, allow_pickle=False) as arrays:
-            fields = {name: arrays[name] for name in arrays.files}
-            return Table(**{**fields, "layout": str(fields["layout"])})
+        return _load_packed(cached)
     table = parse_csv(path)
     if cached is not None:
-        _write_cache(cached, table)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            pack_table(table, cached)
+        except OSError:
+            pass  # an unwritable cache directory only costs speed
     return table
-
-
-def _write_cache(cached, table):
-    """Best effort: an unwritable cache directory only costs speed."""
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached) as temporary:
-            np.savez(
-                temporary,
-                pixels=table.pixels,
-                labels=table.labels,
-                ids=table.ids,
-                usage=table.usage,
-                layout=np.array(table.layout),
-            )
-    except OSError:
-        pass
 
 
 def _read_frame(path):
@@ -280,3 +297,24 @@ def load_images(paths):
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
     return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))
+
+
+def main(argv=None):
+    """`python -m fersuite.data pack SOURCE.csv[.xz] DEST.npz.xz`: the compact form for carrying."""
+    from fersuite import cli
+
+    parser = cli.Parser(prog="python -m fersuite.data", description=main.__doc__)
+    parser.add_argument("command", choices=["pack"])
+    parser.add_argument("source")
+    parser.add_argument("destination")
+    args = parser.parse_args(argv)
+    if not is_packed(args.destination):
+        parser.error("the destination must end in .npz or .npz.xz")
+    pack_table(load_table(args.source), args.destination)
+    print(f"wrote {args.destination}: {Path(args.destination).stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    from fersuite.cli import run
+
+    run(main)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import labeled_rows, unlabeled_rows, write_csv
+from conftest import fer2013_rows, labeled_rows, unlabeled_rows, write_csv
 
 from fersuite import data
 from fersuite.errors import UserError
@@ -105,3 +105,14 @@ def test_images_any_size_and_colour_become_grayscale_48(tmp_path):
     faces = data.load_images([colour, gray])
     assert faces.pixels.shape == (2, 48, 48, 1) and faces.pixels.dtype == np.uint8
     assert faces.pixels[1].max() <= 10
+
+
+def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
+    path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", fer2013_rows(20))
+    packed = tmp_path / "fer2013.npz.xz"
+    assert data.main(["pack", str(path), str(packed)]) is None
+    original, loaded = data.load_table(path), data.load_table(packed)
+    np.testing.assert_array_equal(loaded.pixels, original.pixels)
+    np.testing.assert_array_equal(loaded.usage, original.usage)
+    assert loaded.layout == "fer2013"
+    assert {name: len(split) for name, split in data.split_table(loaded).items()} == {"train": 15, "validation": 2, "test": 3}

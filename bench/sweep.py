@@ -1,0 +1,116 @@
+"""Parameters vs validation accuracy: CNN and MobileNet each at four sizes (20k to 5.9M parameters).
+
+    KERAS_BACKEND=jax python bench/sweep.py --data ../shared/data/fer2013/train.csv.xz --epochs 60
+    python bench/sweep.py --quick            # 1 epoch per size on the bundled sample, to try it
+
+Each size is an ordinary `train_*.py` run (its own run directory under --runs-dir, with
+metrics.json); the sweep then prints a table, writes it as CSV and Markdown, and draws the
+params-vs-accuracy figure (HW8's question) with report_plots' helper. An interrupted sweep
+continues where it stopped: sizes whose run already finished are not trained again.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+PROJECT = Path(__file__).resolve().parent.parent
+SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
+DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
+
+# (family, label, flags): four sizes per family, ~20k to ~5.9M parameters.
+SIZES = [
+    ("cnn", "cnn-90k", ["--filters", "8,16,24,32,64", "--dense", "64"]),
+    ("cnn", "cnn-374k", ["--filters", "16,32,48,64,128", "--dense", "128,128"]),
+    ("cnn", "cnn-1.5M", ["--filters", "32,64,96,128,256", "--dense", "256,256"]),
+    ("cnn", "cnn-5.9M", []),
+    ("mobilenet", "mobilenet-20k", ["--alpha", "0.5"]),
+    ("mobilenet", "mobilenet-57k", ["--alpha", "0.875"]),
+    ("mobilenet", "mobilenet-277k", ["--alpha", "2.0"]),
+    ("mobilenet", "mobilenet-1.1M", ["--alpha", "4.0"]),
+]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=60, help="per size (default: %(default)s)")
+    parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
+    parser.add_argument("--out", default=str(PROJECT / "bench" / "sweep"), help="table and figure prefix (default: %(default)s)")
+    parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    return parser.parse_args()
+
+
+def finished_run(runs_dir, label):
+    """The newest finished (not interrupted) run of one size; each size has its own runs folder."""
+    for metrics_path in sorted((Path(runs_dir) / label).glob("*/metrics.json"), reverse=True):
+        if not json.loads(metrics_path.read_text()).get("interrupted"):
+            return metrics_path.parent
+    return None
+
+
+def command(family, label, flags, args):
+    return [sys.executable, str(PROJECT / f"train_{family}.py"), "--data", args.data, "--epochs", str(args.epochs),
+            "--runs-dir", str(Path(args.runs_dir) / label), "--quiet", *flags]
+
+
+def run_sizes(args):
+    families = set(args.families.split(","))
+    rows = []
+    for family, label, flags in SIZES:
+        if family not in families:
+            continue
+        run_dir = finished_run(args.runs_dir, label)
+        if run_dir is None:
+            line = command(family, label, flags, args)
+            print(" ".join(line), flush=True)
+            if args.dry_run:
+                continue
+            subprocess.run(line, check=True, cwd=PROJECT)
+            run_dir = finished_run(args.runs_dir, label)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        rows.append({
+            "label": label,
+            "family": family,
+            "parameters": metrics["parameters"],
+            "best_val_accuracy": metrics.get("best_val_accuracy"),
+            "epochs": metrics["epochs_run"],
+            "seconds_per_epoch": metrics["seconds_per_epoch"],
+            "backend": metrics["backend"],
+            "run_dir": str(run_dir),
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown(table):
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    args = parse_args()
+    if args.quick:
+        args.data, args.epochs = str(SAMPLE), 1
+    table = run_sizes(args)
+    if args.dry_run or table.empty:
+        return
+    print(table.to_string(index=False))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    out.with_suffix(".md").write_text(markdown(table.drop(columns="run_dir")))
+    sys.path.insert(0, str(PROJECT))
+    from fersuite import plots
+
+    plots.plot_params_vs_accuracy(table.rename(columns={"label": "run"}), out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
