@@ -4,8 +4,8 @@
     python bench/sweep.py --quick            # 1 epoch per size on the bundled sample, to try it
 
 Each size is an ordinary `train_*.py` run (its own run directory under --runs-dir, with
-metrics.json); the sweep then prints a table, writes it as CSV and Markdown, and draws the
-params-vs-accuracy figure (HW8's question) with report_plots' helper. An interrupted sweep
+metrics.json); the sweep then prints a table and writes runs.csv/.md, parameters_vs_accuracy.png (HW8's
+question) and histories.png with report_plots' helpers. An interrupted sweep
 continues where it stopped: sizes whose run already finished are not trained again.
 """
 
@@ -14,8 +14,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-
-import pandas as pd
 
 PROJECT = Path(__file__).resolve().parent.parent
 SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
@@ -39,7 +37,7 @@ def parse_args():
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=60, help="per size (default: %(default)s)")
     parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
-    parser.add_argument("--out", default=str(PROJECT / "bench" / "sweep"), help="table and figure prefix (default: %(default)s)")
+    parser.add_argument("--out", default=str(PROJECT / "bench" / "sweep"), help="folder for runs.csv/.md and the figures (default: %(default)s)")
     parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -55,13 +53,24 @@ def finished_run(runs_dir, label):
 
 
 def command(family, label, flags, args):
-    return [sys.executable, str(PROJECT / f"train_{family}.py"), "--data", args.data, "--epochs", str(args.epochs),
-            "--runs-dir", str(Path(args.runs_dir) / label), "--quiet", *flags]
+    return [
+        sys.executable,
+        str(PROJECT / f"train_{family}.py"),
+        "--data",
+        args.data,
+        "--epochs",
+        str(args.epochs),
+        "--runs-dir",
+        str(Path(args.runs_dir) / label),
+        "--quiet",
+        *flags,
+    ]
 
 
 def run_sizes(args):
+    """Train each missing size; returns the run directories of all sizes, in SIZES order."""
     families = set(args.families.split(","))
-    rows = []
+    run_dirs = []
     for family, label, flags in SIZES:
         if family not in families:
             continue
@@ -73,43 +82,23 @@ def run_sizes(args):
                 continue
             subprocess.run(line, check=True, cwd=PROJECT)
             run_dir = finished_run(args.runs_dir, label)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        rows.append({
-            "label": label,
-            "family": family,
-            "parameters": metrics["parameters"],
-            "best_val_accuracy": metrics.get("best_val_accuracy"),
-            "epochs": metrics["epochs_run"],
-            "seconds_per_epoch": metrics["seconds_per_epoch"],
-            "backend": metrics["backend"],
-            "run_dir": str(run_dir),
-        })
-    return pd.DataFrame(rows)
-
-
-def markdown(table):
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+        run_dirs.append(run_dir)
+    return run_dirs
 
 
 def main():
     args = parse_args()
     if args.quick:
         args.data, args.epochs = str(SAMPLE), 1
-    table = run_sizes(args)
-    if args.dry_run or table.empty:
+    run_dirs = run_sizes(args)
+    if args.dry_run or not run_dirs:
         return
-    print(table.to_string(index=False))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out.with_suffix(".csv"), index=False)
-    out.with_suffix(".md").write_text(markdown(table.drop(columns="run_dir")))
     sys.path.insert(0, str(PROJECT))
     from fersuite import plots
 
-    plots.plot_params_vs_accuracy(table.rename(columns={"label": "run"}), out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    runs = [plots.load_run(run_dir) for run_dir in run_dirs]
+    print(plots.run_summary(runs).to_string(index=False))
+    plots.report_comparison(runs, args.out)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,35 @@ def versions():
         if module == name():
             found[module] = __import__(module).__version__
     return found
+
+
+def input_gradients(function, inputs):
+    """d sum(function(x)) / dx as NumPy: the one autodiff call saliency and filter pictures need.
+
+    `function` maps a float32 batch to a tensor using Keras ops (e.g. a model called with
+    training=False); each backend differentiates it its own way.
+    """
+    import numpy
+
+    inputs = numpy.asarray(inputs, dtype="float32")
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(inputs)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(function(x))
+        return tape.gradient(total, x).numpy()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return numpy.asarray(jax.grad(lambda x: jnp.sum(function(x)))(jnp.asarray(inputs)))
+    if backend == "torch":
+        import torch
+
+        x = keras.ops.convert_to_tensor(inputs).detach().requires_grad_(True)
+        torch.sum(function(x)).backward()
+        return x.grad.detach().cpu().numpy()
+    raise NotImplementedError(f"input gradients are not implemented for the {backend} backend")

@@ -1,0 +1,729 @@
+"""Figures and tables that explain trained runs, for report_plots.py.
+
+Three layers, each usable alone:
+  drawing   plot_* take arrays or frames and a path, draw on a matplotlib Figure (rendered by
+            Agg, no pyplot state, never shown) and save it atomically;
+  analysis  run a model in inference mode: predictions, penultimate features, saliency,
+            filter patterns by gradient ascent, activation maps;
+  reports   report_run / report_comparison read run directories and write every figure.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from keras import layers, ops
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy import ndimage
+
+from fersuite import EMOTIONS, backend, complexity, evaluation
+from fersuite.atomic import save_figure, write_text
+from fersuite.data import Split, file_digest, load_splits
+from fersuite.errors import UserError
+
+DPI = 150
+CLASS_COLORS = ("#d62728", "#8c564b", "#9467bd", "#ff7f0e", "#1f77b4", "#17becf", "#7f7f7f")
+FAMILY_STYLES = {"cnn": ("tab:blue", "o"), "dnn": ("tab:orange", "s"), "mobilenet": ("tab:green", "^")}
+OTHER_FAMILY_STYLE = ("tab:purple", "D")
+CONV_TYPES = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _save(figure, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(figure, path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _bare(axis):
+    """No ticks on an image panel, but keep the axis so a y label can name the row."""
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _grid(count, max_columns=8):
+    columns = max(1, min(max_columns, math.ceil(math.sqrt(count))))
+    return math.ceil(count / columns), columns
+
+
+def _stretch(image, low=1, high=99):
+    """Percentile contrast stretch to [0, 1], so faint patterns are visible."""
+    bottom, top = np.percentile(image, [low, high])
+    return np.clip((image - bottom) / (top - bottom), 0, 1) if top > bottom else np.zeros_like(image)
+
+
+def _red_overlay(strength):
+    """Red whose opacity grows with the square of the strength: weak, noisy gradients stay clear."""
+    overlay = np.zeros((*strength.shape, 4), dtype="float32")
+    overlay[..., 0] = 1.0
+    overlay[..., 3] = 0.9 * strength**2
+    return overlay
+
+
+def _face(image):
+    return np.asarray(image, dtype="float32").reshape(image.shape[0], image.shape[1])
+
+
+def plot_history(history, path, title, best_epoch=None):
+    """Accuracy and loss per epoch, train vs validation, the best validation epoch starred."""
+    if best_epoch not in set(history["epoch"]):
+        best_epoch = None
+    if best_epoch is None and "val_accuracy" in history and history["val_accuracy"].notna().any():
+        best_epoch = int(history.loc[history["val_accuracy"].idxmax(), "epoch"])
+    marker = "o" if len(history) <= 30 else None
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    for axis, metric in zip(figure.subplots(1, 2), ("accuracy", "loss")):
+        axis.plot(history["epoch"], history[metric], marker=marker, label="train")
+        heading = metric
+        if f"val_{metric}" in history:
+            axis.plot(history["epoch"], history[f"val_{metric}"], marker=marker, label="validation")
+        if best_epoch is not None and f"val_{metric}" in history:
+            value = float(history.loc[history["epoch"] == best_epoch, f"val_{metric}"].iloc[0])
+            axis.axvline(best_epoch, color="gray", linestyle=":", linewidth=1)
+            axis.plot(best_epoch, value, marker="*", markersize=15, color="tab:red", linestyle="none", label=f"best epoch {best_epoch}")
+            heading = f"{metric} (validation {value:.3f} at the best epoch)"
+        axis.set(xlabel="epoch", ylabel=metric, title=heading)
+        axis.set_xlim(history["epoch"].min() - 0.5, history["epoch"].max() + 0.5)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title, fontsize=13)
+    return _save(figure, path)
+
+
+def plot_confusion(matrix, path, title):
+    """Counts and row-normalized matrix side by side; the diagonal of the second is recall."""
+    counts = np.asarray(matrix)
+    normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    figure = Figure(figsize=(14, 6), layout="constrained")
+    panels = (("counts", counts, "d"), ("row-normalized (diagonal = recall)", normalized, ".2f"))
+    for axis, (name, values, style) in zip(figure.subplots(1, 2), panels):
+        top = values.max() or 1
+        image = axis.imshow(values, cmap="Blues", vmin=0, vmax=top)
+        figure.colorbar(image, ax=axis, shrink=0.85)
+        for row in range(values.shape[0]):
+            for column in range(values.shape[1]):
+                axis.text(
+                    column, row, format(values[row, column], style), ha="center", va="center", fontsize=9,
+                    color="white" if values[row, column] > top / 2 else "black",
+                )
+        axis.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+        axis.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+        axis.set(xlabel="predicted", ylabel="true", title=name)
+    figure.suptitle(f"{title}: {counts.sum():,} images, accuracy {accuracy:.3f}", fontsize=13)
+    return _save(figure, path)
+
+
+def _label_title(true, predicted, confidence):
+    return f"true {EMOTIONS[true]}\npred {EMOTIONS[predicted]} {confidence:.2f}"
+
+
+def plot_saliency(faces, saliency, true, predicted, confidence, path, title):
+    """Per image a column: the face, its saliency map, and the map laid over the face."""
+    count = len(faces)
+    columns = min(count, len(EMOTIONS))
+    groups = math.ceil(count / columns)
+    figure = Figure(figsize=(1.8 * columns + 0.6, 5.6 * groups + 0.5), layout="constrained")
+    axes = figure.subplots(3 * groups, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for index in range(count):
+        group, column = divmod(index, columns)
+        face_axis, map_axis, overlay_axis = axes[3 * group : 3 * group + 3, column]
+        face = _face(faces[index])
+        strength = _stretch(saliency[index], 0, 99.5)
+        face_axis.imshow(face, cmap="gray", vmin=0, vmax=255)
+        colour = "black" if true[index] == predicted[index] else "tab:red"
+        face_axis.set_title(_label_title(true[index], predicted[index], confidence[index]), fontsize=9, color=colour)
+        map_axis.imshow(strength, cmap="inferno", vmin=0, vmax=1)
+        overlay_axis.imshow(face, cmap="gray", vmin=0, vmax=255)
+        overlay_axis.imshow(_red_overlay(strength))
+        for axis, name in ((face_axis, "face"), (map_axis, "saliency"), (overlay_axis, "overlay")):
+            axis.set_axis_on()
+            _bare(axis)
+            if column == 0:
+                axis.set_ylabel(name, fontsize=10)
+    figure.suptitle(f"{title}\n|d score / d pixel| of the predicted class (red title: wrong prediction)", fontsize=11)
+    return _save(figure, path)
+
+
+def plot_filters(patterns, filters, path, title):
+    """Images that maximize each filter's mean activation, one panel per filter."""
+    rows, columns = _grid(len(patterns))
+    figure = Figure(figsize=(1.6 * columns + 0.4, 1.75 * rows + 0.8), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, pattern, number in zip(axes.flat, patterns, filters):
+        axis.imshow(_stretch(pattern), cmap="gray", vmin=0, vmax=1)
+        axis.set_title(f"filter {number}", fontsize=9)
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path)
+
+
+def plot_activations(face, activations, path, title, label=None):
+    """The face, then one activation map per channel (each with its own colour scale)."""
+    rows, columns = _grid(activations.shape[-1] + 1)
+    figure = Figure(figsize=(1.6 * columns + 0.4, 1.75 * rows + 0.8), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    axes.flat[0].imshow(_face(face), cmap="gray", vmin=0, vmax=255)
+    axes.flat[0].set_title("input" if label is None else f"input ({EMOTIONS[label]})", fontsize=9)
+    for channel, axis in enumerate(axes.flat[1 : activations.shape[-1] + 1]):
+        axis.imshow(activations[..., channel], cmap="viridis")
+        axis.set_title(f"filter {channel}", fontsize=9)
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path)
+
+
+def plot_embedding(points, labels, path, title, axis_names):
+    """2-D points coloured by emotion, class sizes in the legend."""
+    figure = Figure(figsize=(8.5, 6.5), layout="constrained")
+    axis = figure.subplots()
+    for number, emotion in enumerate(EMOTIONS):
+        chosen = labels == number
+        axis.scatter(
+            points[chosen, 0], points[chosen, 1], s=9 if len(points) > 300 else 25, alpha=0.6, color=CLASS_COLORS[number],
+            label=f"{emotion} ({int(chosen.sum())})",
+        )
+    axis.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(title="true emotion", markerscale=2.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(figure, path)
+
+
+def plot_mistakes(faces, true, predicted, confidence, path, title):
+    """A grid of faces the model got wrong, most confident first."""
+    if len(faces) == 0:
+        figure = Figure(figsize=(6, 2), layout="constrained")
+        figure.text(0.5, 0.5, f"{title}\nno wrong predictions", ha="center", va="center", fontsize=12)
+        return _save(figure, path)
+    columns = min(8, len(faces))
+    rows = math.ceil(len(faces) / columns)
+    figure = Figure(figsize=(1.7 * columns + 0.3, 2.05 * rows + 0.7), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for index, axis in enumerate(axes.flat[: len(faces)]):
+        axis.imshow(_face(faces[index]), cmap="gray", vmin=0, vmax=255)
+        axis.set_title(_label_title(true[index], predicted[index], confidence[index]), fontsize=9)
+    figure.suptitle(title, fontsize=12)
+    return _save(figure, path)
+
+
+def plot_complexity(table, path, title):
+    """Multiply-adds and parameters of the layers that have either, on a shared layer axis."""
+    costly = table[(table["multiply_adds"] > 0) | (table["parameters"] > 0)]
+    costly = costly[~costly["type"].isin(("BatchNormalization", "Rescaling", "Normalization"))]
+    figure = Figure(figsize=(12, max(3.5, 0.32 * len(costly) + 1.8)), layout="constrained")
+    macs_axis, parameters_axis = figure.subplots(1, 2, sharey=True)
+    positions = np.arange(len(costly))
+    macs_axis.barh(positions, costly["multiply_adds"] / 1e6, color="tab:blue")
+    parameters_axis.barh(positions, costly["parameters"] / 1e3, color="tab:orange")
+    macs_axis.set_yticks(positions, costly["layer"], fontsize=9)
+    macs_axis.invert_yaxis()
+    macs_axis.set(xlabel="multiply-adds per image (millions)", title="multiply-adds")
+    parameters_axis.set(xlabel="parameters (thousands)", title="parameters")
+    for axis in (macs_axis, parameters_axis):
+        axis.grid(axis="x", alpha=0.3)
+    total_macs, total_parameters = table["multiply_adds"].sum(), table["parameters"].sum()
+    figure.suptitle(f"{title}: {total_parameters:,} parameters, {total_macs / 1e6:,.1f} M multiply-adds per image", fontsize=12)
+    return _save(figure, path)
+
+
+def plot_parameters_vs_accuracy(summary, path):
+    """One point per run (colour and marker by family), log-scale parameters, runs labelled."""
+    figure = Figure(figsize=(9, 6), layout="constrained")
+    axis = figure.subplots()
+    for family, rows in summary.groupby("family", sort=True):
+        colour, marker = FAMILY_STYLES.get(family, OTHER_FAMILY_STYLE)
+        axis.scatter(rows["parameters"], rows["best_val_accuracy"], s=70, color=colour, marker=marker, label=family, zorder=3)
+    middle = np.log10(summary["parameters"]).agg(["min", "max"]).mean()
+    for index, row in enumerate(summary.itertuples()):
+        left = len(summary) > 1 and np.log10(row.parameters) > middle
+        offset = (-7 if left else 7, 6 if index % 2 == 0 else -12)
+        axis.annotate(
+            row.run, (row.parameters, row.best_val_accuracy), xytext=offset, textcoords="offset points", fontsize=8,
+            ha="right" if left else "left",
+        )
+    axis.set_xscale("log")
+    axis.margins(x=0.25, y=0.15)
+    axis.set(xlabel="parameters (log scale)", ylabel="best validation accuracy", title="Model size vs validation accuracy")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(title="family")
+    return _save(figure, path)
+
+
+def plot_histories(histories, path):
+    """Validation (solid) and train (dashed) curves of several runs on shared axes."""
+    figure = Figure(figsize=(13, 5), layout="constrained")
+    axes = figure.subplots(1, 2)
+    colours = _line_colours(len(histories))
+    for colour, (name, history) in zip(colours, histories.items()):
+        for axis, metric in zip(axes, ("accuracy", "loss")):
+            if f"val_{metric}" in history:
+                axis.plot(history["epoch"], history[f"val_{metric}"], color=colour, linewidth=1.8, label=name)
+            axis.plot(history["epoch"], history[metric], color=colour, linewidth=1, linestyle="--", alpha=0.6)
+    for axis, metric in zip(axes, ("accuracy", "loss")):
+        axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid, train dashed")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Training histories", fontsize=13)
+    return _save(figure, path)
+
+
+def _line_colours(count):
+    """Distinct colours for `count` lines: tab10, then tab20 when there are more runs."""
+    palette = colormaps["tab10" if count <= 10 else "tab20"]
+    return [palette(index % palette.N) for index in range(count)]
+
+
+def markdown_table(frame):
+    """A GitHub Markdown table; integers get thousands separators, floats 4 decimals."""
+
+    def cell(value):
+        if pd.api.types.is_scalar(value) and pd.isna(value):
+            return ""
+        if isinstance(value, (int, np.integer)):
+            return f"{value:,}"
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.4f}"
+        return str(value)
+
+    numeric = [pd.api.types.is_numeric_dtype(frame[column]) for column in frame.columns]
+    lines = [
+        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "|" + "|".join("---:" if right else "---" for right in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(frame, stem):
+    """The same table as CSV (for programs) and Markdown (for reports): stem.csv, stem.md."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, markdown_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    write_text(csv_path, frame.to_csv(index=False))
+    write_text(markdown_path, markdown_table(frame))
+    return [csv_path, markdown_path]
+
+
+def classification_table(labels, predictions):
+    """sklearn's per-class precision/recall/f1/support, plus accuracy and averages, as rows."""
+    report = evaluation.classification_report(labels, predictions)
+    rows = [{"class": name, **values} for name, values in report.items() if isinstance(values, dict)]
+    if "accuracy" in report:
+        rows.insert(len(EMOTIONS), {"class": "accuracy", "f1-score": report["accuracy"], "support": len(labels)})
+    frame = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1-score", "support"])
+    frame["support"] = frame["support"].astype(int)
+    return frame
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def logits_layer(model):
+    """The layer whose input is the penultimate representation: 'logits', else the last Dense."""
+    names = [layer.name for layer in model.layers]
+    if "logits" in names:
+        return model.get_layer("logits")
+    dense = [layer for layer in model.layers if isinstance(layer, layers.Dense)]
+    if not dense:
+        raise UserError(f"model '{model.name}' has no 'logits' or Dense layer to take scores from")
+    return dense[-1]
+
+
+def conv_layer_names(model):
+    return [layer.name for layer in model.layers if isinstance(layer, CONV_TYPES)]
+
+
+def pick_conv_layer(model, name=None):
+    """The named layer, or the middle convolution: past the edge detectors, not yet 3x3 maps."""
+    convolutions = conv_layer_names(model)
+    if name is None:
+        return convolutions[len(convolutions) // 2] if convolutions else None
+    if name not in [layer.name for layer in model.layers]:
+        raise UserError(f"model '{model.name}' has no layer '{name}'; its conv layers: {', '.join(convolutions) or 'none'}")
+    if len(model.get_layer(name).output.shape) != 4:
+        raise UserError(f"layer '{name}' of model '{model.name}' has no feature maps; pick a conv layer: {', '.join(convolutions) or 'none'}")
+    return name
+
+
+def predict(model, pixels, with_features=False, batch_size=256):
+    """Class probabilities and, if asked, penultimate features (the input of 'logits'), one pass."""
+    pixels = np.asarray(pixels, dtype="float32")
+    if not with_features:
+        return model.predict(pixels, batch_size=batch_size, verbose=0), None
+    both = keras.Model(model.input, [logits_layer(model).input, model.output])
+    features, probabilities = both.predict(pixels, batch_size=batch_size, verbose=0)
+    return probabilities, features.reshape(len(pixels), -1)
+
+
+def saliency_maps(model, images, classes):
+    """|d score_c / d pixel| per image, c from `classes`; the score is the logit (pre-softmax)."""
+    scores = keras.Model(model.input, logits_layer(model).output)
+    mask = np.eye(scores.output.shape[-1], dtype="float32")[np.asarray(classes)]
+
+    def chosen_scores(pixels):
+        return ops.multiply(ops.cast(scores(pixels, training=False), "float32"), mask)
+
+    gradients = backend.input_gradients(chosen_scores, images)
+    return np.abs(gradients).max(axis=-1)
+
+
+def filter_patterns(model, layer_name, count, steps=40, step_size=2.0, blur=0.7, seed=0):
+    """Gradient ascent from a gray image on each of the first `count` filters' mean activation.
+
+    All filters are optimized at once, one image each; steps use the RMS-normalized gradient so
+    `step_size` is in pixel units whatever the layer's scale, and a light Gaussian blur every 4
+    steps keeps pixel noise out (Yosinski et al. 2015). Returns (patterns, filter numbers).
+    """
+    activations = keras.Model(model.input, model.get_layer(layer_name).output)
+    channels = activations.output.shape[-1]
+    filters = np.arange(min(count, channels))
+    mask = np.zeros((len(filters), channels), dtype="float32")
+    mask[np.arange(len(filters)), filters] = 1.0
+
+    def objective(pixels):
+        means = ops.mean(ops.cast(activations(pixels, training=False), "float32"), axis=(1, 2))
+        return ops.multiply(means, mask)
+
+    rng = np.random.default_rng(seed)
+    images = 128.0 + rng.normal(0.0, 4.0, (len(filters), *model.input_shape[1:])).astype("float32")
+    for step in range(1, steps + 1):
+        gradients = backend.input_gradients(objective, images)
+        scale = np.sqrt(np.mean(gradients**2, axis=(1, 2, 3), keepdims=True)) + 1e-8
+        images = np.clip(images + step_size * gradients / scale, 0.0, 255.0)
+        if blur and step % 4 == 0:
+            images = ndimage.gaussian_filter(images, sigma=(0, blur, blur, 0))
+        images = images.astype("float32")
+    return images[..., 0], filters
+
+
+def layer_activations(model, layer_name, face):
+    """The layer's feature maps (H, W, C) for one face."""
+    activations = keras.Model(model.input, model.get_layer(layer_name).output)
+    return ops.convert_to_numpy(activations(np.asarray(face, dtype="float32")[None], training=False))[0]
+
+
+def embed(features, method="pca", seed=0):
+    """2-D points and axis names: PCA (with explained variance) or t-SNE (after PCA to 50 dims)."""
+    from sklearn.decomposition import PCA
+
+    if method == "pca":
+        pca = PCA(n_components=2, random_state=seed)
+        points = pca.fit_transform(features)
+        explained = pca.explained_variance_ratio_
+        return points, [f"PC {index + 1} ({share:.1%} of variance)" for index, share in enumerate(explained)]
+    from sklearn.manifold import TSNE
+
+    if features.shape[1] > 50 and len(features) > 50:
+        features = PCA(n_components=50, random_state=seed).fit_transform(features)
+    perplexity = min(30.0, max(1.0, (len(features) - 1) / 3))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    return points, ["t-SNE 1", "t-SNE 2"]
+
+
+def saliency_choice(labels, probabilities, count):
+    """Round-robin over classes, each class's images in order of confidence in their true label."""
+    ranked = []
+    for number in range(len(EMOTIONS)):
+        rows = np.flatnonzero(labels == number)
+        ranked.append(rows[np.argsort(-probabilities[rows, number], kind="stable")])
+    chosen = []
+    for rank in range(max(map(len, ranked), default=0)):
+        chosen += [rows[rank] for rows in ranked if rank < len(rows)]
+    return np.array(chosen[:count], dtype=int)
+
+
+def confident_mistakes(labels, probabilities, count):
+    """Indices of wrong predictions, the most confident first."""
+    wrong = np.flatnonzero(probabilities.argmax(axis=1) != labels)
+    order = np.argsort(-probabilities[wrong].max(axis=1), kind="stable")
+    return wrong[order][:count]
+
+
+# ---------------------------------------------------------------- reports
+
+
+@dataclass
+class Run:
+    """What report_plots needs from a run directory; history is None before the first epoch."""
+
+    path: Path
+    config: dict
+    history: pd.DataFrame | None
+    metrics: dict
+
+    @property
+    def name(self):
+        return self.path.name
+
+    @property
+    def family(self):
+        return self.config.get("family") or self.metrics.get("family") or self.name.split("-")[0]
+
+    @property
+    def model_path(self):
+        return self.path / "best.keras"
+
+    def _best_row(self):
+        """The history row of the best validation accuracy; metrics.json exists only once a run ends."""
+        if self.history is None or "val_accuracy" not in self.history or not self.history["val_accuracy"].notna().any():
+            return None
+        return self.history.loc[self.history["val_accuracy"].idxmax()]
+
+    def best_val_accuracy(self):
+        if "best_val_accuracy" in self.metrics:
+            return float(self.metrics["best_val_accuracy"])
+        best = self._best_row()
+        return None if best is None else float(best["val_accuracy"])
+
+    def best_epoch(self):
+        if "best_epoch" in self.metrics:
+            return int(self.metrics["best_epoch"])
+        best = self._best_row()
+        return None if best is None else int(best["epoch"])
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+
+
+def load_run(path):
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such run directory")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a run directory (no config.json)")
+    history = None
+    if (path / "history.csv").is_file() and (path / "history.csv").stat().st_size:
+        history = pd.read_csv(path / "history.csv")
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    return Run(path, _read_json(path / "config.json"), history, metrics)
+
+
+def find_runs(runs_dir):
+    """Every run directory (one with a config.json) under runs_dir, oldest name first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: no such runs directory; name run directories explicitly")
+    found = sorted(child for child in runs_dir.iterdir() if (child / "config.json").is_file())
+    if not found:
+        raise UserError(f"{runs_dir}: no run directories (with a config.json) inside")
+    return found
+
+
+@dataclass
+class Options:
+    """Settings shared by every run's report; report_plots.py's flags fill them."""
+
+    data: str | None = None
+    split: str = "validation"
+    max_images: int | None = None
+    saliency_images: int = len(EMOTIONS)
+    filters: int = 16
+    layer: str | None = None
+    steps: int = 40
+    face: int = 0
+    mistakes: int = 16
+    embedding_images: int = 2000
+    tsne: bool = False
+    seed: int = 0
+    batch_size: int = 256
+
+
+def data_path(run, data=None):
+    """--data, else the run's config 'data', found from where training ran if it was relative."""
+    if data is not None:
+        return Path(data)
+    if "data" not in run.config:
+        raise UserError(f"{run.path / 'config.json'}: has no 'data'; pass --data")
+    recorded = Path(run.config["data"])
+    if recorded.is_absolute() or recorded.exists():
+        return recorded
+    training_dir = run.path.resolve()
+    for _ in Path(run.config.get("run_dir", "runs/x")).parts:
+        training_dir = training_dir.parent
+    candidate = training_dir / recorded
+    if candidate.exists():
+        return candidate
+    raise UserError(f"{run.path}: its data file {recorded} is not found from here; pass --data")
+
+
+class SplitCache:
+    """Parse each CSV once and recreate each (data, val_split, seed) split once for all runs."""
+
+    def __init__(self):
+        self.splits = {}
+
+    def get(self, run, options, log=print):
+        path = data_path(run, options.data)
+        key = (str(path.resolve()), run.config.get("val_split", 0.1), run.config.get("seed", 0))
+        if key not in self.splits:
+            self.splits[key] = load_splits(path, key[1], key[2])
+            digest = run.config.get("data_digest")
+            if digest and file_digest(path) != digest:
+                log(f"warning: {path} is not the file {run.name} was trained on; its {options.split} split may include training images")
+        splits = self.splits[key]
+        if options.split not in splits:
+            raise UserError(f"{path}: has no '{options.split}' split (it has {', '.join(splits)})")
+        split = splits[options.split]
+        if split.labels is None:
+            raise UserError(f"{path}: the '{options.split}' split has no labels to compare with")
+        if options.max_images is not None:
+            split = Split(split.pixels[: options.max_images], split.labels[: options.max_images], split.ids[: options.max_images])
+        return path, split
+
+
+PREDICTION_FIGURES = ("confusion", "mistakes", "saliency", "features")
+CONV_FIGURES = ("filters", "activations")
+MODEL_FIGURES = ("complexity", *PREDICTION_FIGURES, *CONV_FIGURES)
+
+
+def report_run(run, out_dir, figures, options=None, cache=None, log=print):
+    """Every per-run figure and table asked for, into out_dir/<run name>/; returns the paths."""
+    options = options or Options()
+    cache = cache or SplitCache()
+    target = Path(out_dir) / run.name
+    written = []
+
+    def wrote(paths):
+        for path in paths:
+            written.append(path)
+            log(f"wrote {path}")
+
+    if "history" in figures:
+        if run.history is None or not len(run.history):
+            log(f"{run.name}: no history.csv yet, no history figure")
+        else:
+            title = f"{run.name}: training history"
+            wrote([plot_history(run.history, target / "history.png", title, run.best_epoch())])
+    wanted = [figure for figure in MODEL_FIGURES if figure in figures]
+    if not wanted:
+        return written
+    if not run.model_path.is_file():
+        log(f"{run.name}: no best.keras yet, skipping {', '.join(wanted)}")
+        return written
+    model = evaluation.load_model(run.model_path)
+    if "complexity" in figures:
+        table = complexity.with_total(complexity.layer_table(model))
+        wrote(write_table(table, target / "complexity"))
+        wrote([plot_complexity(table.iloc[:-1], target / "complexity.png", f"{run.name} ({model.name})")])
+    layer = pick_conv_layer(model, options.layer) if set(CONV_FIGURES) & set(figures) else None
+    if layer is None and set(CONV_FIGURES) & set(figures):
+        log(f"{run.name}: model has no convolution layers, no filter or activation figures")
+    if layer is not None and "filters" in figures:
+        wrote([_filters_figure(model, run, layer, options, target)])
+    if not set(PREDICTION_FIGURES) & set(figures) and (layer is None or "activations" not in figures):
+        return written
+    data, split = cache.get(run, options, log)
+    if layer is not None and "activations" in figures:
+        wrote([_activations_figure(model, run, layer, split, options, target)])
+    if set(PREDICTION_FIGURES) & set(figures):
+        wrote(_prediction_figures(model, run, f"{data.name} {options.split} split", split, figures, options, target))
+    return written
+
+
+def _prediction_figures(model, run, source, split, figures, options, target):
+    paths = []
+    probabilities, features = predict(model, split.pixels, "features" in figures, options.batch_size)
+    predictions = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    if "confusion" in figures:
+        matrix = evaluation.confusion_frame(split.labels, predictions)
+        write_text(target / "confusion_matrix.csv", matrix.to_csv())
+        paths.append(target / "confusion_matrix.csv")
+        paths += write_table(classification_table(split.labels, predictions), target / "classification_report")
+        paths.append(plot_confusion(matrix.to_numpy(), target / "confusion.png", f"{run.name} on the {source}"))
+    if "mistakes" in figures:
+        chosen = confident_mistakes(split.labels, probabilities, options.mistakes)
+        title = f"{run.name}: most confident mistakes on the {source}"
+        paths.append(
+            plot_mistakes(split.pixels[chosen], split.labels[chosen], predictions[chosen], confidence[chosen], target / "mistakes.png", title)
+        )
+    if "saliency" in figures:
+        chosen = saliency_choice(split.labels, probabilities, options.saliency_images)
+        maps = saliency_maps(model, split.pixels[chosen], predictions[chosen])
+        paths.append(
+            plot_saliency(
+                split.pixels[chosen], maps, split.labels[chosen], predictions[chosen], confidence[chosen],
+                target / "saliency.png", f"{run.name}: saliency maps on the {source}",
+            )
+        )
+    if "features" in figures:
+        sample = np.sort(np.random.default_rng(options.seed).permutation(len(features))[: options.embedding_images])
+        for method, label in (("pca", "PCA"), ("tsne", "t-SNE"))[: 2 if options.tsne else 1]:
+            points, names = embed(features[sample], method, options.seed)
+            title = f"{run.name}: penultimate features of {len(sample):,} {options.split} images ({label})"
+            paths.append(plot_embedding(points, split.labels[sample], target / f"embedding_{method}.png", title, names))
+    return paths
+
+
+def _filters_figure(model, run, layer, options, target):
+    patterns, filters = filter_patterns(model, layer, options.filters, options.steps, seed=options.seed)
+    title = f"{run.name}: {layer}, images that maximize each filter ({options.steps} gradient-ascent steps from gray)"
+    return plot_filters(patterns, filters, target / f"filters_{layer}.png", title)
+
+
+def _activations_figure(model, run, layer, split, options, target):
+    if not 0 <= options.face < len(split):
+        raise UserError(f"--face {options.face} is outside the {options.split} split's 0..{len(split) - 1}")
+    face = split.pixels[options.face]
+    maps = layer_activations(model, layer, face)[..., : options.filters]
+    title = f"{run.name}: {layer} activation maps ({maps.shape[0]}x{maps.shape[1]}) for {options.split} image {options.face}"
+    return plot_activations(face, maps, target / f"activations_{layer}.png", title, split.labels[options.face])
+
+
+def run_summary(runs):
+    """One row per run with a validation score: family, parameters, best validation accuracy."""
+    rows = []
+    for run in runs:
+        accuracy = run.best_val_accuracy()
+        parameters = run.metrics.get("parameters", run.config.get("parameters"))
+        if accuracy is None or parameters is None:
+            continue
+        rows.append(
+            {
+                "run": run.name,
+                "family": run.family,
+                "parameters": int(parameters),
+                "best_val_accuracy": accuracy,
+                "best_epoch": run.best_epoch(),
+                "epochs_run": len(run.history) if run.history is not None else 0,
+            }
+        )
+    return pd.DataFrame(rows, columns=["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run"])
+
+
+def report_comparison(runs, out_dir, log=print):
+    """Cross-run figures into out_dir: parameters vs accuracy, overlaid histories, a summary table."""
+    out_dir = Path(out_dir)
+    written = []
+    summary = run_summary(runs)
+    if summary.empty:
+        log("no run has a validation accuracy yet, no comparison figures")
+        return written
+    written += write_table(summary, out_dir / "runs")
+    written.append(plot_parameters_vs_accuracy(summary, out_dir / "parameters_vs_accuracy.png"))
+    histories = {run.name: run.history for run in runs if run.history is not None and len(run.history)}
+    written.append(plot_histories(histories, out_dir / "histories.png"))
+    for path in written:
+        log(f"wrote {path}")
+    return written

@@ -1,0 +1,210 @@
+"""report_plots.py and fersuite.plots: every figure is a readable, non-blank PNG, and the numbers
+behind the figures (confusion counts, multiply-adds, saliency) are right on hand-checked cases."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PROJECT, labeled_rows, write_csv
+from keras import layers
+from PIL import Image
+
+from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, cli, complexity, plots, training
+from fersuite.models import build_cnn
+
+TESTS = Path(__file__).resolve().parent
+FAST = ["--filters", "3", "--steps", "3", "--mistakes", "6", "--embedding-images", "30"]
+RUN_FIGURES = [
+    "history.png", "confusion.png", "saliency.png", "embedding_pca.png", "embedding_tsne.png",
+    "complexity.png", "mistakes.png",
+]
+TABLES = ["confusion_matrix.csv", "classification_report.csv", "classification_report.md", "complexity.csv", "complexity.md"]
+CROSS_RUN = ["parameters_vs_accuracy.png", "histories.png", "runs.csv", "runs.md"]
+
+
+def report_main(argv):
+    """report_plots.main, loaded from the script file (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("report_plots", PROJECT / "report_plots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def _tiny_cnn(config, preprocessing):
+    return build_cnn(INPUT_SHAPE, NUM_CLASSES, preprocessing, filters=(4, 8), dense=(16,))
+
+
+def make_run(root):
+    """A real run directory: a tiny CNN, 1 epoch on 42 synthetic faces, half of them validation.
+
+    One batch per split keeps XLA (JAX) from compiling a second shape."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    data = write_csv(root / "train.csv", "label,feature", labeled_rows(42))
+    arguments = ["--data", str(data), "--runs-dir", str(root / "runs"), "--epochs", "1", "--batch-size", "21"]
+    arguments += ["--val-split", "0.5", "--warmup-epochs", "0", "--quiet"]
+    config = vars(cli.training_parser("tiny", {"epochs": 1}).parse_args(arguments))
+    return training.train("cnn", config, _tiny_cnn)
+
+
+def one_pixel_model(row, column):
+    """Class scores that depend on pixel (row, column) alone: logit c = (c + 1) * pixel."""
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    x = layers.Flatten(name="flatten")(inputs)
+    x = layers.Dense(1, use_bias=False, name="pixel")(x)
+    x = layers.Dense(NUM_CLASSES, name="logits")(x)
+    model = keras.Model(inputs, layers.Activation("softmax", name="emotion")(x))
+    selector = np.zeros((np.prod(INPUT_SHAPE), 1), dtype="float32")
+    selector[row * INPUT_SHAPE[1] + column] = 1.0
+    model.get_layer("pixel").set_weights([selector])
+    model.get_layer("logits").set_weights([np.arange(1, NUM_CLASSES + 1, dtype="float32")[None], np.zeros(NUM_CLASSES)])
+    return model
+
+
+def assert_nonblank_png(path):
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        pixels = np.asarray(image.convert("L"), dtype="float32")
+    assert min(pixels.shape) > 200, (path, pixels.shape)
+    assert pixels.std() > 10, f"{path} looks blank (pixel std {pixels.std():.1f})"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One tiny CNN run and every figure of it (t-SNE included), shared by the tests below."""
+    root = tmp_path_factory.mktemp("plots")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FERSUITE_CACHE_DIR", str(root / "cache"))
+        run_dir = make_run(root)
+        report_main([str(run_dir), "--out", str(root / "figures"), "--tsne", *FAST])
+    return run_dir, root / "figures"
+
+
+def test_every_figure_is_a_nonblank_png(report):
+    run_dir, figures = report
+    for name in RUN_FIGURES:
+        assert_nonblank_png(figures / run_dir.name / name)
+    for name in ("filters", "activations"):
+        assert_nonblank_png(figures / run_dir.name / f"{name}_block2_conv1.png")
+    for name in CROSS_RUN:
+        path = figures / name
+        assert path.is_file(), path
+        if path.suffix == ".png":
+            assert_nonblank_png(path)
+    for name in TABLES:
+        assert (figures / run_dir.name / name).stat().st_size > 0
+
+
+def test_confusion_counts_add_up_to_the_validation_rows(report):
+    run_dir, figures = report
+    matrix = pd.read_csv(figures / run_dir.name / "confusion_matrix.csv", index_col=0)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert list(matrix.index) == list(EMOTIONS) == list(matrix.columns)
+    assert matrix.to_numpy().sum() == config["validation_rows"] == 21
+    table = pd.read_csv(figures / run_dir.name / "classification_report.csv")
+    assert list(table["class"][: len(EMOTIONS)]) == list(EMOTIONS)
+    assert table.set_index("class").loc["macro avg", "support"] == 21
+
+
+def test_complexity_table_totals_match_the_model(report):
+    run_dir, figures = report
+    table = pd.read_csv(figures / run_dir.name / "complexity.csv")
+    model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    assert table["layer"].iloc[-1] == "total"
+    assert table["parameters"].iloc[-1] == model.count_params() == table["parameters"].iloc[:-1].sum()
+    assert table["multiply_adds"].iloc[-1] == table["multiply_adds"].iloc[:-1].sum() > 0
+
+
+def test_conv_depthwise_and_dense_multiply_adds_by_hand():
+    inputs = keras.Input(INPUT_SHAPE)
+    x = layers.Conv2D(4, 3, padding="same", name="first")(inputs)
+    x = layers.Conv2D(6, 3, strides=2, name="strided")(x)
+    x = layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = layers.Flatten()(x)
+    outputs = layers.Dense(5, name="dense")(x)
+    table = complexity.layer_table(keras.Model(inputs, outputs)).set_index("layer")
+    assert table.loc["first", "multiply_adds"] == 3 * 3 * 1 * 4 * 48 * 48
+    assert table.loc["strided", "output_shape"] == "23x23x6"
+    assert table.loc["strided", "multiply_adds"] == 3 * 3 * 4 * 6 * 23 * 23 == 114_264
+    assert table.loc["depthwise", "multiply_adds"] == 3 * 3 * 6 * 21 * 21
+    assert table.loc["dense", "multiply_adds"] == 21 * 21 * 6 * 5
+    assert complexity.with_total(table.reset_index())["multiply_adds"].iloc[-1] == table["multiply_adds"].sum()
+
+
+def test_saliency_is_nonzero_exactly_at_the_pixel_the_scores_depend_on():
+    images = np.random.default_rng(0).uniform(0, 255, (3, *INPUT_SHAPE)).astype("float32")
+    classes = np.array([0, 3, 6])
+    maps = plots.saliency_maps(one_pixel_model(20, 31), images, classes)
+    assert maps.shape == (3, 48, 48)
+    assert [list(zip(*np.nonzero(single))) for single in maps] == [[(20, 31)]] * 3
+    np.testing.assert_allclose(maps[:, 20, 31], classes + 1)
+
+
+def test_saliency_images_cover_every_class_first():
+    labels = np.repeat(np.arange(NUM_CLASSES), 3)
+    probabilities = np.random.default_rng(1).dirichlet(np.ones(NUM_CLASSES), len(labels))
+    chosen = plots.saliency_choice(labels, probabilities, 9)
+    assert sorted(labels[chosen[:NUM_CLASSES]]) == list(range(NUM_CLASSES))
+    assert len(set(chosen)) == 9
+
+
+def test_without_run_dirs_every_run_in_the_runs_dir_is_used(report, tmp_path):
+    run_dir, _ = report
+    report_main(["--runs-dir", str(run_dir.parent), "--out", str(tmp_path), "--figures", "history,compare"])
+    assert_nonblank_png(tmp_path / run_dir.name / "history.png")
+    assert_nonblank_png(tmp_path / "parameters_vs_accuracy.png")
+    assert not (tmp_path / run_dir.name / "confusion.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{missing}"], "no such run directory"),
+        (["--runs-dir", "{missing}"], "no such runs directory"),
+        (["{run}", "--figures", "history,colour"], "unknown figure 'colour'"),
+        (["{run}", "--figures", "filters", "--layer", "nope"], "has no layer 'nope'"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, message):
+    run_dir, _ = report
+    argv = [part.format(missing=tmp_path / "missing", run=run_dir) for part in argv]
+    with pytest.raises(SystemExit) as stopped:
+        cli.run(lambda: report_main([*argv, "--out", str(tmp_path / "figures")]))
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
+
+
+JAX_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {project!r}]
+import numpy as np
+import test_plots
+from fersuite import backend, plots
+assert backend.name() == "jax"
+maps = plots.saliency_maps(test_plots.one_pixel_model(5, 7), np.full((2, 48, 48, 1), 9.0), [1, 2])
+assert [list(zip(*np.nonzero(single))) for single in maps] == [[(5, 7)]] * 2, maps.nonzero()
+print(test_plots.make_run({root!r}))
+"""
+
+
+def test_a_model_trained_under_jax_plots_under_tensorflow(tmp_path):
+    """The JAX side also checks its input gradients on the one-pixel model."""
+    pytest.importorskip("jax")
+    script = JAX_SCRIPT.format(tests=str(TESTS), project=str(PROJECT), root=str(tmp_path / "jax"))
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert json.loads((run_dir / "config.json").read_text())["versions"]["backend"] == "jax"
+    report_main([str(run_dir), "--out", str(tmp_path / "figures"), "--figures", "confusion,saliency,filters", *FAST])
+    for name in ("confusion.png", "saliency.png", "filters_block2_conv1.png"):
+        assert_nonblank_png(tmp_path / "figures" / run_dir.name / name)
