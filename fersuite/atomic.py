@@ -40,8 +40,16 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def save_model(model, path):
-    """Save a `.keras` file atomically (Keras insists the name ends in .keras)."""
+def save_model(model, path, include_optimizer=True):
+    """Save a `.keras` file atomically (Keras insists the name ends in .keras).
+
+    Without the optimizer (Adam keeps two more copies of every weight) a file is a third the size:
+    what prediction and shipping need; resuming needs the optimizer.
+    """
+    if not include_optimizer:
+        lean = model.__class__.from_config(model.get_config())
+        lean.set_weights(model.get_weights())
+        model = lean
     with atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
 

@@ -114,7 +114,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         score = logs.get(MONITOR, -math.inf)
         if score > self.best:
             self.best = score
-            save_model(self.model, self.run_dir / "best.keras")
+            save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
         save_model(self.model, self.run_dir / "last.keras")
         write_json(self.run_dir / "state.json", {"epochs_done": epoch + 1, "best": self.best})
 

@@ -41,6 +41,18 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     confusion = pd.read_csv(run_dir / "confusion_matrix.csv", index_col=0)
     assert confusion.to_numpy().sum() == config["validation_rows"]
     load_model(run_dir / "best.keras")
+    assert optimizer_variables(run_dir / "best.keras") == 0 < optimizer_variables(run_dir / "last.keras")
+
+
+def optimizer_variables(path):
+    """How many optimizer variables a .keras file stores (best.keras needs none, resume needs them)."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        return len(weights["optimizer/vars"]) if "optimizer/vars" in weights else 0
 
 
 def test_runs_never_share_a_directory(tmp_path):
