@@ -1,0 +1,97 @@
+"""Training throughput (images/s) of each family, with and without the suite's augmentation,
+against a plain-Keras reference measured in the same run.
+
+    python -m bench.throughput                   # about 2.5 minutes on 2 idle cores, more when shared
+    python -m bench.throughput --quick           # smoke run
+    python -m bench.throughput --families cnn --steps 20 --rounds 5
+
+Families are built as train_*.py builds them: the 5.9M-parameter CNN, the DNN sized to the
+CNN's parameter count (fersuite.models.dnn_units_for_budget) and MobileNet alpha 1.0, each with
+the suite's preprocessing (RandomAffine with the training defaults, Rescaling) and fed uint8
+NumPy arrays in batches of 128. The reference is the same CNN network without preprocessing
+layers, fitted on a float32 array divided by 255 in NumPy: what a plain `model.fit` costs.
+
+Each figure is model.fit over --warmup + --steps batches of the training CSV, timed over the last
+--steps (the first batches trace and compile), the median of --rounds rounds in which every model
+takes its turn, so a change in the machine's load falls on all of them. Ratios (of medians):
+augmented / not augmented per family, and suite / reference for the CNN.
+"""
+
+from bench import common
+from fersuite import INPUT_SHAPE, NUM_CLASSES
+from fersuite.cli import positive_int
+from fersuite.data import load_table
+from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
+
+FAMILIES = ("cnn", "dnn", "mobilenet")
+
+
+def build(family, preprocessing, cnn_parameters):
+    options = {}
+    if family == "dnn":
+        options["units"] = dnn_units_for_budget(cnn_parameters, INPUT_SHAPE, NUM_CLASSES)
+    if family == "mobilenet":
+        options["alpha"] = 1.0
+    return common.compile_like_suite(BUILDERS[family](INPUT_SHAPE, NUM_CLASSES, preprocessing, **options))
+
+
+def main():
+    parser = common.parser(__doc__)
+    parser.add_argument("--data", default=str(common.TRAIN_CSV), help="labeled CSV (default: %(default)s)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=common.BATCH_SIZE, help="(default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=positive_int, default=1, help="untimed batches first, each round (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=4, help="timed batches, each round (default: %(default)s)"
+    )
+    args = parser.parse_args()
+    families = [name.strip() for name in args.families.split(",") if name.strip()]
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        parser.error(f"unknown families: {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.warmup, args.steps, args.rounds = 1, 2, 2
+
+    machine = common.MachineReport()
+    machine.start()
+    print(
+        f"model.fit: {args.steps} timed batches of {args.batch_size} after {args.warmup} warm-up batches, "
+        f"median (min-max) of {args.rounds} rounds; images per second and per CPU-second of this process"
+    )
+    table = load_table(args.data)
+    count = (args.warmup + args.steps) * args.batch_size
+    pixels, labels = common.repeat_to(table.pixels, table.labels, count)
+    targets = common.one_hot(labels)
+    cnn_parameters = build_cnn(INPUT_SHAPE, NUM_CLASSES).count_params()
+
+    def fit(model, inputs):
+        return lambda: common.fit_rate(model, inputs, targets, args.warmup, args.steps, args.batch_size)
+
+    measures, parameters = {}, {}
+    for family in families:
+        for augmented in (True, False):
+            preprocessing = preprocessing_layers(augment=common.AUGMENT if augmented else None, seed=0)
+            model = build(family, preprocessing, cnn_parameters)
+            measures[family, augmented] = fit(model, pixels)
+            parameters[family] = model.count_params()
+    reference = common.compile_like_suite(build_cnn(INPUT_SHAPE, NUM_CLASSES))
+    measures["reference", False] = fit(reference, pixels.astype("float32") / 255.0)
+    parameters["reference"] = reference.count_params()
+
+    results = common.interleaved(measures, args.rounds)
+    for (family, augmented), rates in results.items():
+        label = "plain x/255" if family == "reference" else "augmented" if augmented else "not augmented"
+        print(f"  {family:10s} {parameters[family]:>10,} parameters  {label:14s} {common.spread(rates)}")
+    for family in families:
+        print(f"  {family} augmented / not augmented = {common.ratio(results[family, True], results[family, False])}")
+    if "cnn" in families:
+        reference = results["reference", False]
+        print(f"  cnn suite (not augmented) / reference = {common.ratio(results['cnn', False], reference)}")
+        print(f"  cnn suite (augmented) / reference = {common.ratio(results['cnn', True], reference)}")
+    machine.end()
+
+
+if __name__ == "__main__":
+    main()
