@@ -95,10 +95,7 @@ def main():
         help="calls for each single-image figure (default: %(default)s)",
     )
     args = parser.parse_args()
-    families = [name.strip() for name in args.families.split(",") if name.strip()]
-    unknown = set(families) - set(FAMILIES)
-    if unknown:
-        parser.error(f"unknown families: {', '.join(sorted(unknown))}")
+    families = common.chosen_families(parser, args.families, FAMILIES)
     if args.quick:
         args.images, args.single_calls, args.rounds = 512, 5, 2
 

@@ -47,10 +47,7 @@ def main():
         "--steps", type=positive_int, default=4, help="timed batches, each round (default: %(default)s)"
     )
     args = parser.parse_args()
-    families = [name.strip() for name in args.families.split(",") if name.strip()]
-    unknown = set(families) - set(FAMILIES)
-    if unknown:
-        parser.error(f"unknown families: {', '.join(sorted(unknown))}")
+    families = common.chosen_families(parser, args.families, FAMILIES)
     if args.quick:
         args.warmup, args.steps, args.rounds = 1, 2, 2
 
