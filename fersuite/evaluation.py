@@ -47,10 +47,9 @@ def tta_views(pixels, tta="none"):
 def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0):
     """Mean softmax over models and TTA views: the ensemble's class probabilities."""
     total = np.zeros((len(pixels), len(EMOTIONS)), dtype=np.float64)
-    views = tta_views(pixels, tta)
+    views = [view.astype("float32") for view in tta_views(pixels, tta)]
     for model in models:
         for view in views:
-            view = view.astype("float32")
             if len(view) <= batch_size:  # predict() costs tens of ms per call before any work
                 total += np.asarray(model.predict_on_batch(view))
             else:

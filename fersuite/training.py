@@ -152,13 +152,15 @@ def make_model(config, build_network, train_pixels):
     augment = None
     if config["augment"]:
         augment = {key: config[key] for key in ("rotation_range", "width_shift_range", "height_shift_range", "zoom_range", "horizontal_flip")}
+    statistics = {}
+    if config["normalization"] == "featurewise":
+        statistics = {"mean": float(train_pixels.mean()), "std": float(train_pixels.std()) or 1.0}
     preprocessing = preprocessing_layers(
         augment=augment,
         erasing=config["random_erasing"],
         normalization=config["normalization"],
-        mean=float(train_pixels.mean()),
-        std=float(train_pixels.std()) or 1.0,
         seed=config["seed"],
+        **statistics,
     )
     return build_network(config, preprocessing)
 
