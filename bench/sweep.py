@@ -1,4 +1,5 @@
-"""Parameters vs validation accuracy: CNN and MobileNet each at four sizes (20k to 5.9M parameters).
+"""Parameters vs validation accuracy: CNN (34k to 5.9M parameters) and MobileNet (5k to 844k)
+at five sizes each, two orders of magnitude per family.
 
     KERAS_BACKEND=jax python bench/sweep.py --data ../shared/data/fer2013/train.csv.xz --epochs 60
     python bench/sweep.py --quick            # 1 epoch per size on the bundled sample, to try it
@@ -19,16 +20,18 @@ PROJECT = Path(__file__).resolve().parent.parent
 SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
 
-# (family, label, flags): four sizes per family, ~20k to ~5.9M parameters.
+# (family, label, flags): five sizes per family, each about 4x the one before.
 SIZES = [
+    ("cnn", "cnn-34k", ["--filters", "8,12,16,24,32", "--dense", "32"]),
     ("cnn", "cnn-90k", ["--filters", "8,16,24,32,64", "--dense", "64"]),
     ("cnn", "cnn-374k", ["--filters", "16,32,48,64,128", "--dense", "128,128"]),
     ("cnn", "cnn-1.5M", ["--filters", "32,64,96,128,256", "--dense", "256,256"]),
     ("cnn", "cnn-5.9M", []),
-    ("mobilenet", "mobilenet-20k", ["--alpha", "0.5"]),
-    ("mobilenet", "mobilenet-57k", ["--alpha", "0.875"]),
-    ("mobilenet", "mobilenet-277k", ["--alpha", "2.0"]),
-    ("mobilenet", "mobilenet-1.1M", ["--alpha", "4.0"]),
+    ("mobilenet", "mobilenet-5k", ["--alpha", "0.25"]),
+    ("mobilenet", "mobilenet-17k", ["--alpha", "0.5"]),
+    ("mobilenet", "mobilenet-60k", ["--alpha", "1.0"]),
+    ("mobilenet", "mobilenet-220k", ["--alpha", "2.0"]),
+    ("mobilenet", "mobilenet-844k", ["--alpha", "4.0"]),
 ]
 
 

@@ -1,8 +1,10 @@
 """Write outputs under a temporary name and rename, so a crash never leaves half a file."""
 
+import io
 import json
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,11 +42,12 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def save_model(model, path, include_optimizer=True):
+def save_model(model, path, include_optimizer=True, float16=False):
     """Save a `.keras` file atomically (Keras insists the name ends in .keras).
 
     Without the optimizer (Adam keeps two more copies of every weight) a file is a third the size:
-    what prediction and shipping need; resuming needs the optimizer.
+    what prediction and shipping need; resuming needs the optimizer. float16 halves it again
+    for shipping: keras.saving.load_model casts the stored values back into float32 variables.
     """
     if not include_optimizer:
         lean = model.__class__.from_config(model.get_config())
@@ -52,6 +55,36 @@ def save_model(model, path, include_optimizer=True):
         model = lean
     with atomic_path(path, suffix=".keras") as temporary:
         model.save(temporary)
+        if float16:
+            _store_weights_as_float16(temporary)
+
+
+def _store_weights_as_float16(path):
+    """Rewrite the archive's model.weights.h5 with every float32 array stored as float16."""
+    import h5py
+    import numpy as np
+
+    def convert(source):
+        converted = io.BytesIO()
+        with h5py.File(io.BytesIO(source), "r") as old, h5py.File(converted, "w") as new:
+            new.attrs.update(old.attrs)
+
+            def copy(name, item):
+                if isinstance(item, h5py.Dataset):
+                    values = item[()]
+                    new.create_dataset(name, data=values.astype(np.float16) if values.dtype == np.float32 else values)
+                else:
+                    new.require_group(name)
+                new[name].attrs.update(item.attrs)
+
+            old.visititems(copy)
+        return converted.getvalue()
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info, data in entries:
+            archive.writestr(info, convert(data) if info.filename == "model.weights.h5" else data)
 
 
 def save_figure(figure, path, **options):

@@ -87,6 +87,11 @@ def training_parser(description, defaults):
     optimization.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto", help="auto = on when a GPU is present (default: %(default)s)")
     optimization.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
 
+    distillation = parser.add_argument_group("distillation (soft targets from trained models)")
+    distillation.add_argument("--teacher", action="append", default=None, metavar="MODEL", help=".keras model whose predictions on the training images become soft targets; repeat for an ensemble. It must have been trained with the same --data, --val-split and --seed, or validation accuracy is inflated")
+    distillation.add_argument("--teacher-weight", type=fraction, default=defaults.get("teacher_weight", 0.5), help="share of the target taken from the teachers; the rest is the one-hot label (default: %(default)s)")
+    distillation.add_argument("--teacher-temperature", type=float, default=defaults.get("teacher_temperature", 1.0), help="above 1 softens the teachers' probabilities (default: %(default)s)")
+
     augmentation = parser.add_argument_group("augmentation (ImageDataGenerator's names; applied on the device)")
     augmentation.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are")
     augmentation.add_argument("--rotation-range", type=float, default=defaults.get("rotation_range", 10.0), help="degrees (default: %(default)s)")

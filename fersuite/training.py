@@ -61,6 +61,8 @@ def check_config(config):
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {config['val_split']}")
     if not 0 <= config["label_smoothing"] < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
+    if config.get("teacher_temperature", 1.0) <= 0:
+        raise UserError(f"--teacher-temperature must be positive, got {config['teacher_temperature']}")
 
 
 def build_optimizer(config, steps_per_epoch):
@@ -137,6 +139,24 @@ def _one_hot(labels):
     return np.eye(len(EMOTIONS), dtype="float32")[labels]
 
 
+def training_targets(config, pixels, labels):
+    """One-hot labels, mixed with the teachers' softened probabilities when --teacher is given.
+
+    Soft targets carry what a convolutional teacher knows about similar emotions, which a
+    network without convolutions cannot learn from one-hot labels alone. The teachers see each
+    image and its mirror, once, before training."""
+    targets = _one_hot(labels)
+    if not config.get("teacher"):
+        return targets
+    teachers = [evaluation.load_model(path) for path in config["teacher"]]
+    print(f"soft targets from {len(teachers)} teacher(s) on {len(pixels):,} training images")
+    probabilities = evaluation.predict_probabilities(teachers, pixels, tta="flip", verbose=config.get("verbose", 1))
+    softened = np.power(np.clip(probabilities, 1e-12, 1.0), 1.0 / config["teacher_temperature"])
+    softened /= softened.sum(axis=1, keepdims=True)
+    weight = config["teacher_weight"]
+    return ((1 - weight) * targets + weight * softened).astype("float32")
+
+
 def class_weights(labels, mode):
     if mode != "balanced":
         return None
@@ -203,6 +223,7 @@ def train(family, config, build_network, resume=None):
         raise UserError(f"{config['data']}: needs labeled rows for training and validation (a test.csv has no labels)")
     train_split, validation = splits["train"], splits["validation"]
     steps_per_epoch = math.ceil(len(train_split) / config["batch_size"])
+    targets = training_targets(config, train_split.pixels, train_split.labels)
 
     if resume:
         model = keras.saving.load_model(run_dir / "last.keras")
@@ -233,7 +254,7 @@ def train(family, config, build_network, resume=None):
     try:
         model.fit(
             train_split.pixels,
-            _one_hot(train_split.labels),
+            targets,
             batch_size=config["batch_size"],
             epochs=config["epochs"],
             initial_epoch=state["epochs_done"],

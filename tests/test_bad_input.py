@@ -218,6 +218,9 @@ FLAG_CASES = [
     ("train_dnn", ["--label-smoothing", "1.5"], "--label-smoothing"),
     ("train_cnn", ["--optimizer", "rmsprop"], "--optimizer"),
     ("predict", ["--model", "m.keras"], "give --data"),
+    ("train_dnn", ["--teacher", "no_such_teacher.keras"], "no_such_teacher.keras"),
+    ("train_dnn", ["--teacher-weight", "1.5"], "--teacher-weight"),
+    ("train_dnn", ["--teacher-temperature", "0"], "--teacher-temperature"),
 ]
 
 

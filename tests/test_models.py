@@ -12,8 +12,15 @@ def test_default_cnn_is_the_hw3_network():
     assert models.build_cnn(INPUT_SHAPE, NUM_CLASSES).count_params() == 5_927_239
 
 
-def test_default_mobilenet_is_the_hw8_network():
-    assert models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES).count_params() == 73_095
+def test_hw8_mobilenet_is_the_reports_network():
+    assert models.build_hw8_mobilenet(INPUT_SHAPE, NUM_CLASSES).count_params() == 73_095
+
+
+def test_default_mobilenet_fits_the_60k_budget_and_uses_separable_blocks():
+    model = models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES)
+    assert model.count_params() == 59_607
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"DepthwiseConv2D", "Add", "GlobalAveragePooling2D"} <= kinds
 
 
 @pytest.mark.parametrize("budget,depth", [(5_927_239, 3), (1_000_000, 2), (300_000, 1), (60_000, 4)])
@@ -25,9 +32,10 @@ def test_dnn_lands_within_two_percent_of_the_budget(budget, depth):
     assert models.dnn_parameter_count(48 * 48, NUM_CLASSES, units) == model.count_params()
 
 
-def test_mobilenet_width_multiplier_shrinks_it():
-    counts = [models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, alpha=alpha).count_params() for alpha in (0.25, 0.5, 1.0)]
-    assert counts == sorted(counts) and counts[0] < 10_000
+@pytest.mark.parametrize("builder", [models.build_mobilenet, models.build_hw8_mobilenet])
+def test_mobilenet_width_multiplier_shrinks_it(builder):
+    counts = [builder(INPUT_SHAPE, NUM_CLASSES, alpha=alpha).count_params() for alpha in (0.25, 0.5, 1.0, 2.0)]
+    assert counts == sorted(counts) and counts[0] < 10_000 and counts[-1] > 100_000
 
 
 def test_preprocessing_adds_no_parameters_and_scales_inside_the_model():

@@ -1,9 +1,12 @@
 """predict.py: Kaggle submission, public/private scores, ensembles with TTA, image files."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import only_run, run_script, tiny_training_args
+from conftest import PROJECT, only_run, run_script, tiny_training_args
 
 from fersuite import evaluation
 
@@ -71,3 +74,30 @@ def test_image_files_are_classified(trained_model, tmp_path):
     assert lines[0] == "file,emotion,confidence" and len(lines) == 3
     name, _emotion, confidence = lines[1].split(",")
     assert name.endswith("face0.png") and 0 <= float(confidence) <= 1
+
+
+def ship(*args):
+    return subprocess.run([sys.executable, "-m", "fersuite.ship", *map(str, args)], check=False, capture_output=True, text=True, cwd=PROJECT)
+
+
+def test_shipped_float16_model_predicts_like_the_original(trained_model, tmp_path):
+    import io
+    import zipfile
+
+    import h5py
+    import keras
+
+    shipped = tmp_path / "models" / "mobilenet.keras"
+    shipped.parent.mkdir()
+    result = ship(trained_model, shipped)
+    assert result.returncode == 0 and f"{shipped}:" in result.stdout and "parameters" in result.stdout
+    with zipfile.ZipFile(shipped) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        dtypes = set()
+        weights.visititems(lambda name, item: dtypes.add(str(item.dtype)) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {"float16"}
+    original, halved = evaluation.load_model(trained_model), keras.saving.load_model(shipped)
+    assert {weight.dtype for weight in halved.weights} == {"float32"}
+    faces = np.random.default_rng(4).integers(0, 256, (32, 48, 48, 1)).astype("float32")
+    np.testing.assert_allclose(halved.predict(faces, verbose=0), original.predict(faces, verbose=0), atol=5e-3)
+    again = ship(trained_model, shipped)
+    assert again.returncode == 2 and "already exists" in again.stderr

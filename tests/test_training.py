@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import PROJECT, labeled_rows, only_run, run_script, tiny_training_args, write_csv
 
-from fersuite import INPUT_SHAPE, NUM_CLASSES, training
+from fersuite import INPUT_SHAPE, NUM_CLASSES, models, training
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
@@ -42,6 +42,38 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert confusion.to_numpy().sum() == config["validation_rows"]
     load_model(run_dir / "best.keras")
     assert optimizer_variables(run_dir / "best.keras") == 0 < optimizer_variables(run_dir / "last.keras")
+
+
+def test_mobilenet_keeps_the_hw8_network_as_a_preset(train_csv, tmp_path):
+    runs = tmp_path / "runs"
+    run_script("train_mobilenet.py", *tiny_training_args("mobilenet", train_csv, runs), "--architecture", "hw8", check=True)
+    config = json.loads((only_run(runs) / "config.json").read_text())
+    expected = models.build_hw8_mobilenet(INPUT_SHAPE, NUM_CLASSES, alpha=0.25).count_params()
+    assert config["architecture"] == "hw8" and config["dropout"] == 0.2 and config["parameters"] == expected
+
+
+def test_teacher_soft_targets_mix_with_the_labels(tmp_path):
+    teacher = models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(), alpha=0.25)
+    teacher.save(tmp_path / "teacher.keras")
+    pixels = np.random.default_rng(3).integers(0, 256, (10, 48, 48, 1), dtype=np.uint8)
+    labels = np.arange(10) % NUM_CLASSES
+    config = {"teacher": [str(tmp_path / "teacher.keras")], "teacher_weight": 1.0, "teacher_temperature": 1.0, "verbose": 0}
+    flipped = pixels[:, :, ::-1].astype("float32")
+    expected = (teacher.predict(pixels.astype("float32"), verbose=0) + teacher.predict(flipped, verbose=0)) / 2
+    np.testing.assert_allclose(training.training_targets(config, pixels, labels), expected, atol=1e-5)
+    mixed = training.training_targets({**config, "teacher_weight": 0.25, "teacher_temperature": 3.0}, pixels, labels)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-5)
+    assert (mixed.argmax(axis=1) == labels).all() and (mixed.max(axis=1) >= 0.75).all()
+    assert training.training_targets({"teacher": None}, pixels, labels).tolist() == np.eye(NUM_CLASSES)[labels].tolist()
+
+
+def test_distilled_training_records_its_teacher(train_csv, tmp_path):
+    teacher = tmp_path / "teacher.keras"
+    models.build_dnn(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(), units=(8,)).save(teacher)
+    runs = tmp_path / "runs"
+    run_script("train_dnn.py", *tiny_training_args("dnn", train_csv, runs), "--teacher", teacher, check=True)
+    config = json.loads((only_run(runs) / "config.json").read_text())
+    assert config["teacher"] == [str(teacher)] and config["teacher_weight"] == 0.5
 
 
 def optimizer_variables(path):

@@ -1,0 +1,46 @@
+"""Copy a trained model into models/ for predict.py: no optimizer state, float16 weights.
+
+    python -m fersuite.ship runs/cnn-20261124-140000/best.keras models/cnn.keras
+
+models/ travels with every run on the GPU machine and stays under 12 MB, so shipped weights are
+stored as float16 (half the bytes; Keras loads them back into float32 variables, and the
+predictions move by about 1e-3).
+"""
+
+import argparse
+from pathlib import Path
+
+from fersuite import cli
+from fersuite.errors import UserError
+
+
+def ship(source, destination, force=False):
+    """Check the model, then write it lean and in float16; returns the destination's size in bytes."""
+    from fersuite.atomic import save_model
+    from fersuite.evaluation import load_model
+
+    destination = Path(destination)
+    if destination.suffix != ".keras":
+        raise UserError(f"{destination}: the name must end in .keras")
+    if destination.exists() and not force:
+        raise UserError(f"{destination}: already exists; pass --force to overwrite it")
+    if not destination.parent.is_dir():
+        raise UserError(f"{destination.parent}: no such directory")
+    model = load_model(source)
+    save_model(model, destination, include_optimizer=False, float16=True)
+    return model.count_params(), destination.stat().st_size
+
+
+def main():
+    parser = cli.Parser(prog="python -m fersuite.ship", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="a run's best.keras")
+    parser.add_argument("destination", help="e.g. models/cnn.keras")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing destination")
+    args = parser.parse_args()
+    parameters, size = ship(args.source, args.destination, args.force)
+    print(f"{args.destination}: {parameters:,} parameters, {size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    cli.quiet_backend_logs()
+    cli.run(main)
