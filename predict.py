@@ -7,6 +7,11 @@
 test.csv (id,feature) -> `id,label` submission. fer2013.csv (emotion,pixels,Usage) -> also prints
 PublicTest/PrivateTest accuracy (Kaggle's public/private scores). A labeled train.csv -> accuracy.
 Without --model, every .keras file in models/ is used as an ensemble.
+
+    python predict.py --validation --model a.keras --model b.keras --data train.csv.xz   # tune
+
+--validation scores each model and the ensemble on the validation split that train_*.py held
+out (same --val-split and --seed), to choose models and TTA without touching the test set.
 """
 
 import os
@@ -31,7 +36,12 @@ def parse_args():
     parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
     parser.add_argument("--tta", choices=TTA_CHOICES, default="flip", help="test-time augmentation: average over the mirror image (flip) and 4 shifted crops (crops) (default: %(default)s)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
+    parser.add_argument("--validation", action="store_true", help="score each model and the ensemble on the validation split of a labeled --data; writes no submission")
+    parser.add_argument("--val-split", type=cli.open_fraction, default=0.1, help="with --validation: as given to train_*.py (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="with --validation: as given to train_*.py (default: %(default)s)")
     args = parser.parse_args()
+    if args.validation and not args.data:
+        parser.error("--validation needs --data with labels")
     if not args.images and not args.data:
         parser.error("give --data CSV or image files")
     if args.images and args.data:
@@ -66,13 +76,36 @@ def check_output(path, force):
         raise UserError(f"{parent}: output directory is not writable")
 
 
+def score_validation(args, paths, models):
+    """Accuracy of each model and of their ensemble on the held-out validation split."""
+    from fersuite import data, evaluation
+    from fersuite.errors import UserError
+
+    validation = data.load_splits(args.data, args.val_split, args.seed).get("validation")
+    if validation is None:
+        raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
+    print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
+    total = 0
+    for path, model in zip(paths, models):
+        probabilities = evaluation.predict_probabilities([model], validation.pixels, args.tta, args.batch_size)
+        total = total + probabilities
+        print(f"{evaluation.accuracy(validation.labels, probabilities):.4f}  {path}")
+    if len(models) > 1:
+        print(f"{evaluation.accuracy(validation.labels, total):.4f}  ensemble of {len(models)}")
+
+
 def main():
     args = parse_args()
     from fersuite import EMOTIONS, data, evaluation
 
-    if args.data:
+    if args.data and not args.validation:
         check_output(args.out, args.force)
-    models = [evaluation.load_model(path) for path in model_paths(args)]
+    paths = model_paths(args)
+    models = [evaluation.load_model(path) for path in paths]
+
+    if args.validation:
+        score_validation(args, paths, models)
+        return
 
     if args.images:
         faces = data.load_images(args.images)

@@ -45,16 +45,19 @@ def tta_views(pixels, tta="none"):
 
 
 def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0):
-    """Mean softmax over models and TTA views: the ensemble's class probabilities."""
-    total = np.zeros((len(pixels), len(EMOTIONS)), dtype=np.float64)
-    views = [view.astype("float32") for view in tta_views(pixels, tta)]
+    """Mean softmax over models and TTA views: the ensemble's class probabilities.
+
+    The views go through each model as one stacked array: one progress bar per model, not per view."""
+    views = tta_views(pixels, tta)
+    stacked = np.concatenate(views).astype("float32")
+    total = np.zeros((len(views), len(pixels), len(EMOTIONS)), dtype=np.float64)
     for model in models:
-        for view in views:
-            if len(view) <= batch_size:  # predict() costs tens of ms per call before any work
-                total += np.asarray(model.predict_on_batch(view))
-            else:
-                total += model.predict(view, batch_size=batch_size, verbose=verbose)
-    return total / (len(models) * len(views))
+        if len(stacked) <= batch_size:  # predict() costs tens of ms per call before any work
+            outputs = np.asarray(model.predict_on_batch(stacked))
+        else:
+            outputs = model.predict(stacked, batch_size=batch_size, verbose=verbose)
+        total += outputs.reshape(total.shape)
+    return total.mean(axis=0) / len(models)
 
 
 def accuracy(labels, probabilities):

@@ -101,3 +101,20 @@ def test_shipped_float16_model_predicts_like_the_original(trained_model, tmp_pat
     np.testing.assert_allclose(halved.predict(faces, verbose=0), original.predict(faces, verbose=0), atol=5e-3)
     again = ship(trained_model, shipped)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_validation_scores_each_model_and_the_ensemble_on_the_held_out_split(trained_model, train_csv, tmp_path):
+    from fersuite.data import load_splits
+
+    result = run_script(
+        "predict.py", "--validation", "--model", trained_model, "--model", trained_model, "--data", train_csv,
+        "--val-split", 0.25, "--tta", "none", cwd=tmp_path, check=True,
+    )
+    validation = load_splits(train_csv, 0.25, 0)["validation"]
+    expected = evaluation.accuracy(
+        validation.labels, evaluation.predict_probabilities([evaluation.load_model(trained_model)], validation.pixels)
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"validation split: {len(validation.labels)} images, tta none"
+    assert lines[1] == f"{expected:.4f}  {trained_model}" and lines[-1] == f"{expected:.4f}  ensemble of 2"
+    assert not list(tmp_path.glob("submission*.csv"))
