@@ -118,3 +118,15 @@ def test_validation_scores_each_model_and_the_ensemble_on_the_held_out_split(tra
     assert lines[0] == f"validation split: {len(validation.labels)} images, tta none"
     assert lines[1] == f"{expected:.4f}  {trained_model}" and lines[-1] == f"{expected:.4f}  ensemble of 2"
     assert not list(tmp_path.glob("submission*.csv"))
+
+
+def test_int8_shipping_quantizes_dense_kernels(trained_model, tmp_path):
+    import keras
+
+    shipped = tmp_path / "model.keras"
+    assert ship(trained_model, shipped, "--int8").returncode == 0
+    halved = keras.saving.load_model(shipped)
+    assert "int8" in {str(weight.dtype) for weight in halved.get_layer("logits").weights}
+    faces = np.random.default_rng(5).integers(0, 256, (32, 48, 48, 1)).astype("float32")
+    original = evaluation.load_model(trained_model).predict(faces, verbose=0)
+    np.testing.assert_allclose(halved.predict(faces, verbose=0), original, atol=2e-2)
