@@ -151,8 +151,8 @@ def build_mobilenet(
     3x3/2 MaxPool, added to a shortcut (2x2 AvgPool -> 1x1 conv -> BN); global average
     pooling and one Dense layer. Spending the parameters on convolutions instead of a wide
     Dense head is what lifts it above the HW8 network. The shortcut pools before its 1x1
-    convolution because a strided 1x1 convolution corrupts memory in TF 2.21's oneDNN CPU
-    kernels. `alpha` scales every width.
+    convolution because a strided 1x1 convolution corrupts memory in the backward pass of TF
+    2.21's oneDNN CPU kernels (oneDNN issue 6035). `alpha` scales every width.
     """
     inputs, x = _inputs(input_shape, preprocessing)
     for index, width in enumerate(stem, start=1):
