@@ -249,10 +249,14 @@ def plot_parameters_vs_accuracy(summary, path):
     for family, rows in summary.groupby("family", sort=True):
         colour, marker = FAMILY_STYLES.get(family, OTHER_FAMILY_STYLE)
         axis.scatter(rows["parameters"], rows["best_val_accuracy"], s=70, color=colour, marker=marker, label=family, zorder=3)
-    middle = np.log10(summary["parameters"]).agg(["min", "max"]).mean()
-    for index, row in enumerate(summary.itertuples()):
+    decades = np.log10(summary["parameters"])
+    middle = decades.agg(["min", "max"]).mean()
+    # Of runs at about the same size, the most accurate is labelled above and the rest below,
+    # so labels of stacked points do not cross.
+    top = summary["best_val_accuracy"] == summary.groupby(decades.round(1))["best_val_accuracy"].transform("max")
+    for row, above in zip(summary.itertuples(), top):
         left = len(summary) > 1 and np.log10(row.parameters) > middle
-        offset = (-7 if left else 7, 6 if index % 2 == 0 else -12)
+        offset = (-7 if left else 7, 6 if above else -12)
         axis.annotate(
             row.run, (row.parameters, row.best_val_accuracy), xytext=offset, textcoords="offset points", fontsize=8,
             ha="right" if left else "left",
