@@ -1,9 +1,11 @@
 """Augmentation as one Keras layer on the device: ImageDataGenerator's rotation, shifts, zoom
-and horizontal flip fused into a single affine transform per image (one resampling per batch)."""
+and horizontal flip fused into a single affine transform per image (one resampling per batch).
+Mixup, which must blend the labels too, is the one augmentation done on the NumPy batches."""
 
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -122,3 +124,43 @@ class RandomErasing(layers.Layer):
             "max_area": self.max_area,
             "seed": self.seed,
         }
+
+
+class MixUpBatches(keras.utils.PyDataset):
+    """Shuffled training batches with mixup (Zhang et al. 2018): each image and its target are
+    blended with another image of the batch, x = lam * x_i + (1 - lam) * x_j, lam ~ Beta(alpha, alpha).
+
+    Targets between two emotions discourage over-confident predictions on FER's many ambiguous
+    faces. The model's own augmentation layers still run on the blended images."""
+
+    def __init__(self, pixels, targets, batch_size, alpha, sample_weights=None, seed=0, first_epoch=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pixels, self.targets, self.sample_weights = pixels, targets, sample_weights
+        self.batch_size, self.alpha, self.seed = batch_size, alpha, seed
+        self.epoch = first_epoch
+        self.order = self._shuffled()
+
+    def _shuffled(self):
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.pixels))
+
+    def __len__(self):
+        return math.ceil(len(self.pixels) / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        lam = rng.beta(self.alpha, self.alpha, len(rows)).astype("float32")
+        partner = rng.permutation(len(rows))
+
+        def blend(values):
+            share = lam.reshape((-1,) + (1,) * (values.ndim - 1))
+            return share * values + (1 - share) * values[partner]
+
+        batch = (blend(self.pixels[rows].astype("float32")), blend(self.targets[rows]))
+        if self.sample_weights is not None:
+            batch += (blend(self.sample_weights[rows]),)
+        return batch
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._shuffled()

@@ -100,6 +100,7 @@ def training_parser(description, defaults):
     augmentation.add_argument("--zoom-range", type=fraction, default=defaults.get("zoom_range", 0.1), help="(default: %(default)s)")
     augmentation.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=True, help="(default: %(default)s)")
     augmentation.add_argument("--random-erasing", type=fraction, default=defaults.get("random_erasing", 0.0), help="probability of blanking one rectangle per image (default: %(default)s)")
+    augmentation.add_argument("--mixup", type=float, default=defaults.get("mixup", 0.0), metavar="ALPHA", help="blend pairs of training images and their labels, lam ~ Beta(ALPHA, ALPHA); 0 = off, 0.2-0.4 is usual (default: %(default)s)")
     augmentation.add_argument("--normalization", choices=("unit", "featurewise"), default="unit", help="unit = pixels/255; featurewise = (pixels - mean) / std of the training set (default: %(default)s)")
     parser.add_argument("--quiet", dest="verbose", action="store_const", const=2, default=1, help="one line per epoch instead of progress bars")
     return parser

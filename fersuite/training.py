@@ -22,6 +22,7 @@ import pandas as pd
 
 from fersuite import EMOTIONS, __version__, backend, evaluation
 from fersuite.atomic import save_model, write_json, write_text
+from fersuite.augment import MixUpBatches
 from fersuite.data import file_digest, load_splits
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
@@ -61,6 +62,8 @@ def check_config(config):
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {config['val_split']}")
     if not 0 <= config["label_smoothing"] < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
+    if config.get("mixup", 0.0) < 0:
+        raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
     if config.get("teacher_temperature", 1.0) <= 0:
         raise UserError(f"--teacher-temperature must be positive, got {config['teacher_temperature']}")
 
@@ -167,6 +170,19 @@ def class_weights(labels, mode):
     return {int(label): float(weight) for label, weight in zip(present, weights)}
 
 
+def training_inputs(config, train_split, targets, epochs_done):
+    """model.fit's training arguments: the arrays as they are, or mixup batches when --mixup > 0
+    (class weights then travel as per-image weights, blended like the targets)."""
+    weights = class_weights(train_split.labels, config["class_weight"])
+    if config.get("mixup", 0.0) <= 0:
+        return {"x": train_split.pixels, "y": targets, "batch_size": config["batch_size"], "class_weight": weights, "shuffle": True}
+    sample_weights = None if weights is None else np.array([weights[label] for label in train_split.labels], dtype="float32")
+    batches = MixUpBatches(
+        train_split.pixels, targets, config["batch_size"], config["mixup"], sample_weights, config["seed"], epochs_done
+    )
+    return {"x": batches}
+
+
 def make_model(config, build_network, train_pixels):
     """Preprocessing from the config (featurewise statistics from the training split) + network."""
     augment = None
@@ -253,15 +269,11 @@ def train(family, config, build_network, resume=None):
     interrupted = False
     try:
         model.fit(
-            train_split.pixels,
-            targets,
-            batch_size=config["batch_size"],
+            **training_inputs(config, train_split, targets, state["epochs_done"]),
             epochs=config["epochs"],
             initial_epoch=state["epochs_done"],
             validation_data=(validation.pixels, _one_hot(validation.labels)),
-            class_weight=class_weights(train_split.labels, config["class_weight"]),
             callbacks=_callbacks(config, checkpoint),
-            shuffle=True,
             verbose=config.get("verbose", 1),
         )
     except KeyboardInterrupt:

@@ -221,6 +221,7 @@ FLAG_CASES = [
     ("train_dnn", ["--teacher", "no_such_teacher.keras"], "no_such_teacher.keras"),
     ("train_dnn", ["--teacher-weight", "1.5"], "--teacher-weight"),
     ("train_dnn", ["--teacher-temperature", "0"], "--teacher-temperature"),
+    ("train_cnn", ["--mixup", "-0.2"], "--mixup"),
 ]
 
 

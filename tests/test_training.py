@@ -14,6 +14,7 @@ import pytest
 from conftest import PROJECT, labeled_rows, only_run, run_script, tiny_training_args, write_csv
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, models, training
+from fersuite.augment import MixUpBatches
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
@@ -74,6 +75,39 @@ def test_distilled_training_records_its_teacher(train_csv, tmp_path):
     run_script("train_dnn.py", *tiny_training_args("dnn", train_csv, runs), "--teacher", teacher, check=True)
     config = json.loads((only_run(runs) / "config.json").read_text())
     assert config["teacher"] == [str(teacher)] and config["teacher_weight"] == 0.5
+
+
+def test_mixup_blends_images_targets_and_weights_with_the_same_share():
+    """Image i is the constant 10*i and its target the unit vector e_i, so every blended row can be
+    checked against its own target: pixels = 10 * sum_k(y_k * k), weight = sum_k(y_k * k)."""
+    count = 10
+    pixels = (np.arange(count, dtype=np.uint8) * 10).reshape(-1, 1, 1, 1) * np.ones((1, 48, 48, 1), np.uint8)
+    targets, weights = np.eye(count, dtype="float32"), np.arange(count, dtype="float32")
+    batches = MixUpBatches(pixels, targets, 4, alpha=0.4, sample_weights=weights, seed=1)
+    assert len(batches) == 3
+    blended = [batches[index] for index in range(len(batches))]
+    assert [len(x) for x, _, _ in blended] == [4, 4, 2]
+    x, y, w = (np.concatenate(parts) for parts in zip(*blended))
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+    assert ((y > 0).sum(axis=1) <= 2).all() and (y.max(axis=1) < 1).any()
+    np.testing.assert_allclose(x[:, 0, 0, 0], 10 * (y @ np.arange(count)), rtol=1e-5)
+    assert np.ptp(x, axis=(1, 2, 3)).max() == 0
+    np.testing.assert_allclose(w, y @ np.arange(count), rtol=1e-5)
+    assert (y.sum(axis=0) > 0).all()
+    again = MixUpBatches(pixels, targets, 4, alpha=0.4, sample_weights=weights, seed=1)[0]
+    np.testing.assert_array_equal(again[0], blended[0][0])
+    batches.on_epoch_end()
+    assert not np.array_equal(batches[0][1], blended[0][1])
+
+
+def test_mixup_training_with_class_weights_records_it(train_csv, tmp_path):
+    runs = tmp_path / "runs"
+    extra = ("--mixup", 0.2, "--class-weight", "balanced")
+    run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, runs, 1, *extra), check=True)
+    run_dir = only_run(runs)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["mixup"] == 0.2 and config["class_weight"] == "balanced"
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
 
 
 def optimizer_variables(path):
