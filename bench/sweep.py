@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -71,9 +72,9 @@ def command(family, label, flags, args):
 
 
 def run_sizes(args):
-    """Train each missing size; returns the run directories of all sizes, in SIZES order."""
+    """Train each missing size; returns (label, run directory) of all sizes, in SIZES order."""
     families = set(args.families.split(","))
-    run_dirs = []
+    sizes = []
     for family, label, flags in SIZES:
         if family not in families:
             continue
@@ -85,23 +86,23 @@ def run_sizes(args):
                 continue
             subprocess.run(line, check=True, cwd=PROJECT)
             run_dir = finished_run(args.runs_dir, label)
-        run_dirs.append(run_dir)
-    return run_dirs
+        sizes.append((label, run_dir))
+    return sizes
 
 
 def main():
     args = parse_args()
     if args.quick:
         args.data, args.epochs = str(SAMPLE), 1
-    run_dirs = run_sizes(args)
-    if args.dry_run or not run_dirs:
+    sizes = run_sizes(args)
+    if args.dry_run or not sizes:
         return
     sys.path.insert(0, str(PROJECT))
     from fersuite import plots
 
-    runs = [plots.load_run(run_dir) for run_dir in run_dirs]
+    runs = [replace(plots.load_run(run_dir), label=label) for label, run_dir in sizes]
     print(plots.run_summary(runs).to_string(index=False))
-    plots.report_comparison(runs, args.out)
+    plots.report_comparison(runs, args.out, title=f"Model size vs validation accuracy, {args.epochs} epochs each")
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def plot_complexity(table, path, title):
     return _save(figure, path)
 
 
-def plot_parameters_vs_accuracy(summary, path):
+def plot_parameters_vs_accuracy(summary, path, title="Model size vs validation accuracy"):
     """One point per run (colour and marker by family), log-scale parameters, runs labelled."""
     figure = Figure(figsize=(9, 6), layout="constrained")
     axis = figure.subplots()
@@ -263,7 +263,7 @@ def plot_parameters_vs_accuracy(summary, path):
         )
     axis.set_xscale("log")
     axis.margins(x=0.25, y=0.15)
-    axis.set(xlabel="parameters (log scale)", ylabel="best validation accuracy", title="Model size vs validation accuracy")
+    axis.set(xlabel="parameters (log scale)", ylabel="best validation accuracy", title=title)
     axis.grid(alpha=0.3, which="both")
     axis.legend(title="family")
     return _save(figure, path)
@@ -471,10 +471,12 @@ class Run:
     config: dict
     history: pd.DataFrame | None
     metrics: dict
+    label: str = ""
 
     @property
     def name(self):
-        return self.path.name
+        """The label given (bench/sweep.py names runs by size), else the run directory's name."""
+        return self.label or self.path.name
 
     @property
     def family(self):
@@ -716,7 +718,7 @@ def run_summary(runs):
     return pd.DataFrame(rows, columns=["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run"])
 
 
-def report_comparison(runs, out_dir, log=print):
+def report_comparison(runs, out_dir, log=print, title="Model size vs validation accuracy"):
     """Cross-run figures into out_dir: parameters vs accuracy, overlaid histories, a summary table."""
     out_dir = Path(out_dir)
     written = []
@@ -725,7 +727,7 @@ def report_comparison(runs, out_dir, log=print):
         log("no run has a validation accuracy yet, no comparison figures")
         return written
     written += write_table(summary, out_dir / "runs")
-    written.append(plot_parameters_vs_accuracy(summary, out_dir / "parameters_vs_accuracy.png"))
+    written.append(plot_parameters_vs_accuracy(summary, out_dir / "parameters_vs_accuracy.png", title))
     histories = {run.name: run.history for run in runs if run.history is not None and len(run.history)}
     written.append(plot_histories(histories, out_dir / "histories.png"))
     for path in written:
