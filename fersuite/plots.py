@@ -242,7 +242,10 @@ def plot_complexity(table, path, title):
     return _save(figure, path)
 
 
-def plot_parameters_vs_accuracy(summary, path, title="Model size vs validation accuracy"):
+SIZE_TITLE = "Model size vs validation accuracy"
+
+
+def plot_parameters_vs_accuracy(summary, path, title=SIZE_TITLE):
     """One point per run (colour and marker by family), log-scale parameters, runs labelled."""
     figure = Figure(figsize=(9, 6), layout="constrained")
     axis = figure.subplots()
@@ -254,8 +257,8 @@ def plot_parameters_vs_accuracy(summary, path, title="Model size vs validation a
     # Of runs at about the same size, the most accurate is labelled above and the rest below,
     # so labels of stacked points do not cross.
     top = summary["best_val_accuracy"] == summary.groupby(decades.round(1))["best_val_accuracy"].transform("max")
-    for row, above in zip(summary.itertuples(), top):
-        left = len(summary) > 1 and np.log10(row.parameters) > middle
+    for row, decade, above in zip(summary.itertuples(), decades, top):
+        left = len(summary) > 1 and decade > middle
         offset = (-7 if left else 7, 6 if above else -12)
         axis.annotate(
             row.run, (row.parameters, row.best_val_accuracy), xytext=offset, textcoords="offset points", fontsize=8,
@@ -718,7 +721,7 @@ def run_summary(runs):
     return pd.DataFrame(rows, columns=["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run"])
 
 
-def report_comparison(runs, out_dir, log=print, title="Model size vs validation accuracy"):
+def report_comparison(runs, out_dir, log=print, title=SIZE_TITLE):
     """Cross-run figures into out_dir: parameters vs accuracy, overlaid histories, a summary table."""
     out_dir = Path(out_dir)
     written = []
