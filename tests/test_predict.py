@@ -142,4 +142,5 @@ def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path):
     scores = [float(line.split(": ")[1].split()[0]) for line in result.stdout.splitlines() if " accuracy: " in line]
     assert len(scores) == 2 and np.mean(scores) > 0.4  # 70 held-out faces; an untrained MobileNet scores 0.13
     assert len(pd.read_csv(out)) == 70
-    assert f"models {PROJECT / 'models' / 'cnn.keras'} + {PROJECT / 'models' / 'mobilenet.keras'}, tta flip" in result.stderr
+    models = " + ".join(str(PROJECT / "models" / name) for name in ("cnn.keras", "mobilenet.keras", "dnn.keras"))
+    assert f"models {models}, tta flip" in result.stderr
