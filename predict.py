@@ -12,7 +12,7 @@ choice on validation; models/README.md has the figures).
     python predict.py --validation --model a.keras --model b.keras --data train.csv.xz   # tune
 
 --validation scores each model and the ensemble on the validation split that train_*.py held
-out (same --val-split and --seed), to choose models and TTA without touching the test set.
+out (same --val-split and --split-seed), to choose models and TTA without touching the test set.
 """
 
 import os
@@ -42,7 +42,7 @@ def parse_args():
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     parser.add_argument("--validation", action="store_true", help="score each model and the ensemble on the validation split of a labeled --data; writes no submission")
     parser.add_argument("--val-split", type=cli.open_fraction, default=0.1, help="with --validation: as given to train_*.py (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="with --validation: as given to train_*.py (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=0, help="with --validation: as given to train_*.py (default: %(default)s)")
     args = parser.parse_args()
     if args.validation and not args.data:
         parser.error("--validation needs --data with labels")
@@ -86,7 +86,7 @@ def score_validation(args, paths, models):
     from fersuite import data, evaluation
     from fersuite.errors import UserError
 
-    validation = data.load_splits(args.data, args.val_split, args.seed).get("validation")
+    validation = data.load_splits(args.data, args.val_split, args.split_seed).get("validation")
     if validation is None:
         raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")

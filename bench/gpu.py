@@ -117,19 +117,23 @@ def measure(family, precision, args, runs_dir):
     }
 
 
+def minutes_to(history, threshold):
+    """Minutes of training (sum of epoch seconds) until val_accuracy first reached threshold, or None."""
+    reached = history.index[history["val_accuracy"] >= threshold]
+    return round(float(history["seconds"][: reached[0] + 1].sum()) / 60, 2) if len(reached) else None
+
+
 def time_to(threshold, run_dirs):
-    """Wall minutes (sum of epoch seconds) until val_accuracy first reached threshold, per run."""
     for run_dir in run_dirs:
         history = pd.read_csv(Path(run_dir) / "history.csv")
-        minutes = history["seconds"].cumsum() / 60
-        reached = history.index[history["val_accuracy"] >= threshold]
-        if len(reached):
-            first = reached[0]
+        minutes = minutes_to(history, threshold)
+        if minutes is not None:
+            first = history.index[history["val_accuracy"] >= threshold][0]
             print(f"{run_dir}: val_accuracy {history['val_accuracy'][first]:.4f} >= {threshold} at epoch "
-                  f"{history['epoch'][first]}, {minutes[first]:.2f} min of training")
+                  f"{history['epoch'][first]}, {minutes:.2f} min of training")
         else:
             print(f"{run_dir}: never reached {threshold} (best {history['val_accuracy'].max():.4f} "
-                  f"in {len(history)} epochs, {minutes.iloc[-1]:.2f} min)")
+                  f"in {len(history)} epochs, {history['seconds'].sum() / 60:.2f} min)")
 
 
 def main():

@@ -70,11 +70,14 @@ def training_parser(description, defaults):
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=str(DEFAULT_TRAIN), help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine (default: %(default)s)")
     data.add_argument("--val-split", type=open_fraction, default=0.1, help="validation fraction for the label,feature layout; fer2013.csv uses PublicTest (default: %(default)s)")
+    data.add_argument("--split-seed", type=int, default=0, help="which faces the label,feature layout holds out for validation; keep it the same across the models of an ensemble (default: %(default)s)")
     data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
+    data.add_argument("--init-from", metavar="MODEL", help="start from a trained .keras model's weights (the same network, trained on the same --data, --val-split and --split-seed), e.g. to train a shipped model longer with a new schedule")
     data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch (other flags are taken from its config.json)")
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="(default: %(default)s)")
+    optimization.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES", help="stop before this many minutes of training, with the cosine schedule spread over them (or over --epochs, if they end first); for a fixed GPU slot. 0 = none (default: %(default)s)")
     optimization.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)")
     optimization.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=defaults.get("optimizer", "adam"), help="sgd is Nesterov momentum 0.9 (default: %(default)s)")
     optimization.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)")
@@ -85,10 +88,10 @@ def training_parser(description, defaults):
     optimization.add_argument("--label-smoothing", type=fraction, default=defaults.get("label_smoothing", 0.0), help="(default: %(default)s)")
     optimization.add_argument("--class-weight", choices=("none", "balanced"), default="none", help="balanced up-weights rare classes such as Disgust (default: %(default)s)")
     optimization.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto", help="auto = on when a GPU is present (default: %(default)s)")
-    optimization.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    optimization.add_argument("--seed", type=int, default=0, help="initial weights, augmentation and shuffling; models trained with different seeds make an ensemble (default: %(default)s)")
 
     distillation = parser.add_argument_group("distillation (soft targets from trained models)")
-    distillation.add_argument("--teacher", action="append", default=None, metavar="MODEL", help=".keras model whose predictions on the training images become soft targets; repeat for an ensemble. It must have been trained with the same --data, --val-split and --seed, or validation accuracy is inflated")
+    distillation.add_argument("--teacher", action="append", default=None, metavar="MODEL", help=".keras model whose predictions on the training images become soft targets; repeat for an ensemble. It must have been trained with the same --data, --val-split and --split-seed, or validation accuracy is inflated")
     distillation.add_argument("--teacher-weight", type=fraction, default=defaults.get("teacher_weight", 0.5), help="share of the target taken from the teachers; the rest is the one-hot label (default: %(default)s)")
     distillation.add_argument("--teacher-temperature", type=float, default=defaults.get("teacher_temperature", 1.0), help="above 1 softens the teachers' probabilities (default: %(default)s)")
 

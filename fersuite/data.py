@@ -81,7 +81,9 @@ def cache_dir():
     return Path(os.environ.get("FERSUITE_CACHE_DIR", Path.home() / ".cache" / "fersuite"))
 
 
-PACKED_FILTERS = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 9}]
+# Each byte stored as its difference from the pixel above (one row back): 4 % smaller than from the
+# pixel to the left on FER2013 (50.0 against 52.1 MB), and no slower to read; xz records the distance.
+PACKED_FILTERS = [{"id": lzma.FILTER_DELTA, "dist": IMAGE_SIZE}, {"id": lzma.FILTER_LZMA2, "preset": 9}]
 
 
 def is_packed(path):
@@ -275,6 +277,11 @@ def _stratified_split(labels, val_split, seed):
             return rows, rows[:0]
 
 
+def split_seed(config):
+    """A run's validation-split seed; runs from before --split-seed used --seed for it."""
+    return config.get("split_seed", config.get("seed", 0))
+
+
 def load_splits(path, val_split=0.1, seed=0, use_cache=True):
     return split_table(load_table(path, use_cache=use_cache), val_split, seed)
 
@@ -310,6 +317,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not is_packed(args.destination):
         parser.error("the destination must end in .npz or .npz.xz")
+    try:
+        Path(args.destination).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{Path(args.destination).parent}: cannot create the folder ({error.strerror})") from None
     pack_table(load_table(args.source), args.destination)
     print(f"wrote {args.destination}: {Path(args.destination).stat().st_size / 1e6:.1f} MB")
 

@@ -16,7 +16,7 @@ def load_model(path):
     """Load a `.keras` file and check it takes 48x48x1 faces and outputs 7 emotions."""
     import keras
 
-    from fersuite import augment  # noqa: F401  registers the custom layers
+    from fersuite import augment, quantize  # noqa: F401  register the custom layers
     from fersuite.data import check_readable_file
 
     path = check_readable_file(path)

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from fersuite import EMOTIONS, backend, complexity, evaluation
 from fersuite.atomic import save_figure, write_text
-from fersuite.data import Split, file_digest, load_splits
+from fersuite.data import Split, file_digest, load_splits, split_seed
 from fersuite.errors import UserError
 
 DPI = 150
@@ -577,14 +577,14 @@ def data_path(run, data=None):
 
 
 class SplitCache:
-    """Parse each CSV once and recreate each (data, val_split, seed) split once for all runs."""
+    """Parse each CSV once and recreate each (data, val_split, split seed) split once for all runs."""
 
     def __init__(self):
         self.splits = {}
 
     def get(self, run, options, log=print):
         path = data_path(run, options.data)
-        key = (str(path.resolve()), run.config.get("val_split", 0.1), run.config.get("seed", 0))
+        key = (str(path.resolve()), run.config.get("val_split", 0.1), split_seed(run.config))
         if key not in self.splits:
             self.splits[key] = load_splits(path, key[1], key[2])
             digest = run.config.get("data_digest")

@@ -6,7 +6,8 @@
 models/ travels with every run on the GPU machine and stays under 12 MB, so shipped weights are
 stored as float16 (half the bytes; Keras loads them back into float32 variables, and the
 predictions move by about 1e-3). --int8 also quantizes Dense kernels with Keras's int8
-quantization: a DNN, almost all Dense weights, shrinks to a quarter of float32.
+quantization and convolution kernels as int8 with a scale per filter (fersuite.quantize): a DNN or
+a CNN, almost all Dense or convolution weights, shrinks to about a quarter of float32.
 """
 
 import argparse
@@ -32,6 +33,9 @@ def ship(source, destination, force=False, int8=False):
     model = load_model(source)
     parameters = model.count_params()
     if int8:
+        from fersuite.quantize import quantize_convolutions
+
+        model = quantize_convolutions(model)
         with warnings.catch_warnings():  # one warning per layer that has nothing to quantize
             warnings.simplefilter("ignore", UserWarning)
             model.quantize("int8")
@@ -44,7 +48,7 @@ def main():
     parser.add_argument("source", help="a run's best.keras")
     parser.add_argument("destination", help="e.g. models/cnn.keras")
     parser.add_argument("--force", action="store_true", help="overwrite an existing destination")
-    parser.add_argument("--int8", action="store_true", help="also store Dense kernels as int8 (for the DNN)")
+    parser.add_argument("--int8", action="store_true", help="also store Dense and Conv2D kernels as int8 (about half the float16 size)")
     args = parser.parse_args()
     parameters, size = ship(args.source, args.destination, args.force, args.int8)
     print(f"{args.destination}: {parameters:,} parameters, {size / 1e6:.2f} MB")

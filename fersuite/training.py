@@ -23,7 +23,7 @@ import pandas as pd
 from fersuite import EMOTIONS, __version__, backend, evaluation
 from fersuite.atomic import save_model, write_json, write_text
 from fersuite.augment import MixUpBatches
-from fersuite.data import file_digest, load_splits
+from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
 
@@ -64,13 +64,17 @@ def check_config(config):
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
+    if config.get("init_from"):
+        check_readable_file(config["init_from"])
+    if config.get("time_budget", 0.0) < 0:
+        raise UserError(f"--time-budget must be 0 (none) or positive minutes, got {config['time_budget']}")
     if config.get("teacher_temperature", 1.0) <= 0:
         raise UserError(f"--teacher-temperature must be positive, got {config['teacher_temperature']}")
 
 
 def build_optimizer(config, steps_per_epoch):
     learning_rate = config["lr"]
-    if config["schedule"] == "cosine":
+    if config["schedule"] == "cosine" and not config.get("time_budget"):
         warmup = min(config["warmup_epochs"], config["epochs"] - 1) * steps_per_epoch
         decay = max(1, config["epochs"] * steps_per_epoch - warmup)
         learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -124,6 +128,52 @@ class RunCheckpoint(keras.callbacks.Callback):
         write_json(self.run_dir / "state.json", {"epochs_done": epoch + 1, "best": self.best})
 
 
+COSINE_FLOOR = 0.01  # the learning rate ends at this share of its peak, as CosineDecay's alpha above
+
+
+def budget_learning_rate(peak, epoch, warmup_epochs, epochs, time_spent):
+    """Learning rate for `epoch` (0-based) of a --time-budget run: linear warm-up from peak/10 over
+    warmup_epochs, then cosine decay over whichever ends first, the epochs or the time budget.
+
+    time_spent: the share of the budget that earlier epochs used (0..1)."""
+    warmup_epochs = min(warmup_epochs, epochs - 1)
+    if epoch < warmup_epochs:
+        return peak * (0.1 + 0.9 * epoch / warmup_epochs)
+    progress = min(1.0, max(time_spent, epoch / epochs))
+    return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """--time-budget: end before the budget runs out, on a learning rate decayed over that time.
+
+    A fixed slot on a GPU (or a CPU night) then gives the most epochs it can hold, whatever the
+    chip's speed, and still finishes the cosine schedule. Time spent is the sum of history's
+    epoch seconds, so a resumed run keeps its place. The rate depends on measured time, so such a
+    run is not exactly reproducible."""
+
+    def __init__(self, config, checkpoint):
+        super().__init__()
+        self.budget = config["time_budget"] * 60
+        self.config = config
+        self.checkpoint = checkpoint
+
+    def spent(self):
+        return sum(row["seconds"] for row in self.checkpoint.rows)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.config["schedule"] == "cosine":
+            rate = budget_learning_rate(
+                self.config["lr"], epoch, self.config["warmup_epochs"], self.config["epochs"], self.spent() / self.budget
+            )
+            self.model.optimizer.learning_rate.assign(rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.checkpoint.rows[-1]["seconds"] if self.checkpoint.rows else 0.0
+        if self.spent() + last > self.budget:
+            print(f"time budget: {self.spent() / 60:.1f} of {self.budget / 60:g} minutes used, stopping after epoch {epoch + 1}")
+            self.model.stop_training = True
+
+
 def _callbacks(config, checkpoint):
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if config["schedule"] == "plateau":
@@ -135,6 +185,8 @@ def _callbacks(config, checkpoint):
     if config["patience"] > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1))
     callbacks.append(checkpoint)
+    if config.get("time_budget"):
+        callbacks.append(TimeBudget(config, checkpoint))
     return callbacks
 
 
@@ -201,6 +253,17 @@ def make_model(config, build_network, train_pixels):
     return build_network(config, preprocessing)
 
 
+def start_from(model, path):
+    """--init-from: copy a trained model's weights into the freshly built one, which must match it."""
+    source = evaluation.load_model(path)
+    pairs = list(zip(source.weights, model.weights))
+    differing = [(old, new) for old, new in pairs if tuple(old.shape) != tuple(new.shape)]
+    if differing or len(source.weights) != len(model.weights):
+        where = f"{differing[0][1].path} is {tuple(differing[0][0].shape)} there, {tuple(differing[0][1].shape)} here" if differing else f"{len(source.weights)} weight arrays there, {len(model.weights)} here"
+        raise UserError(f"{path}: its network differs from the one these flags build ({where}); pass the network flags it was trained with")
+    model.set_weights(source.get_weights())
+
+
 def _compile(model, config, steps_per_epoch):
     model.compile(
         optimizer=build_optimizer(config, steps_per_epoch),
@@ -234,7 +297,7 @@ def train(family, config, build_network, resume=None):
     use_gpu = backend.gpu_available()
     if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
         keras.mixed_precision.set_dtype_policy("mixed_float16")
-    splits = load_splits(config["data"], config["val_split"], config["seed"])
+    splits = load_splits(config["data"], config["val_split"], split_seed(config))
     if "train" not in splits or "validation" not in splits:
         raise UserError(f"{config['data']}: needs labeled rows for training and validation (a test.csv has no labels)")
     train_split, validation = splits["train"], splits["validation"]
@@ -245,6 +308,8 @@ def train(family, config, build_network, resume=None):
         model = keras.saving.load_model(run_dir / "last.keras")
     else:
         model = make_model(config, build_network, train_split.pixels)
+        if config.get("init_from"):
+            start_from(model, config["init_from"])
         _compile(model, config, steps_per_epoch)
         run_dir = new_run_dir(config["runs_dir"], family)
         config = {

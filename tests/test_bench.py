@@ -1,7 +1,10 @@
-"""bench/sweep.py end to end on the bundled sample: one run per size, labelled by size."""
+"""bench/sweep.py and bench/gpu_session.py end to end on the bundled sample."""
+
+import subprocess
+import sys
 
 import pandas as pd
-from conftest import run_script
+from conftest import PROJECT, run_script
 
 
 def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_path):
@@ -19,3 +22,27 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     again = run_script("bench/sweep.py", *args, check=True)
     assert "train_mobilenet.py" not in again.stdout
     assert sorted(path.parent.parent.name for path in runs_dir.glob("*/*/metrics.json")) == sorted(labels)
+
+
+def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_path):
+    import json
+    import tarfile
+
+    out = tmp_path / "out"
+    line = [sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--int8"]
+    result = subprocess.run(line, cwd=PROJECT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["cnn.keras", "mobilenet.keras", "cnn.log", "mobilenet.log", "runs.tar.gz", "summary.json"]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["family"] for row in summary["runs"]] == ["cnn", "mobilenet"]
+    for row in summary["runs"]:
+        assert row["returncode"] == 0 and row["epochs"] >= 1 and 0 <= row["best_val_accuracy"] <= 1
+    with tarfile.open(out / "runs.tar.gz") as archive:
+        names = archive.getnames()
+    assert sum(name.endswith("/history.csv") for name in names) == 2 and len(names) == 8
+
+    from fersuite.evaluation import load_model
+
+    assert load_model(out / "cnn.keras").get_layer("block1_conv1").__class__.__name__ == "Int8Conv2D"

@@ -34,6 +34,11 @@ def test_test_layout_keeps_ids_and_has_no_labels(tmp_path):
     assert list(splits["test"].ids) == ["0", "1", "2", "3", "4"]
 
 
+def test_runs_from_before_split_seed_keep_their_validation_split():
+    assert data.split_seed({"seed": 5, "split_seed": 0}) == 0
+    assert data.split_seed({"seed": 5}) == 5
+
+
 def test_validation_split_is_stratified_and_seeded(tmp_path):
     path = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(140))
     first = data.load_splits(path, val_split=0.1, seed=3)
@@ -109,7 +114,7 @@ def test_images_any_size_and_colour_become_grayscale_48(tmp_path):
 
 def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
     path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", fer2013_rows(20))
-    packed = tmp_path / "fer2013.npz.xz"
+    packed = tmp_path / "pack" / "fer2013.npz.xz"  # its folder is made, as `mkdir -p` would
     assert data.main(["pack", str(path), str(packed)]) is None
     original, loaded = data.load_table(path), data.load_table(packed)
     np.testing.assert_array_equal(loaded.pixels, original.pixels)

@@ -252,3 +252,66 @@ def test_same_seed_gives_the_same_history(train_csv, tmp_path):
         run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, runs, 2, "--seed", "7"), check=True)
         histories.append(pd.read_csv(only_run(runs) / "history.csv").drop(columns="seconds"))
     pd.testing.assert_frame_equal(histories[0].round(4), histories[1].round(4))
+
+
+def test_budget_learning_rate_warms_up_then_decays_over_time_or_epochs():
+    rates = [training.budget_learning_rate(1.0, epoch, 3, 100, time_spent=0.0) for epoch in range(4)]
+    np.testing.assert_allclose(rates, [0.1, 0.4, 0.7, 1.0 - 0.99 * 0.5 * (1 - math.cos(math.pi * 0.03))])
+    by_time = [training.budget_learning_rate(1.0, 10, 3, 100, time_spent) for time_spent in (0.25, 0.5, 0.75, 1.0, 1.5)]
+    assert by_time == sorted(by_time, reverse=True)
+    assert by_time[1] == pytest.approx(0.505) and by_time[3] == by_time[4] == pytest.approx(training.COSINE_FLOOR)
+    assert training.budget_learning_rate(1.0, 50, 3, 100, time_spent=0.1) == pytest.approx(0.505)
+
+
+def test_time_budget_ends_the_run_before_its_epochs(train_csv, tmp_path):
+    runs = tmp_path / "runs"
+    args = tiny_training_args("dnn", train_csv, runs, 20, "--time-budget", "0.005")
+    result = run_script("train_dnn.py", *args, check=True)
+    run_dir = only_run(runs)
+    assert json.loads((run_dir / "config.json").read_text())["time_budget"] == 0.005
+    history = pd.read_csv(run_dir / "history.csv")
+    assert len(history) < 20 and history["seconds"].sum() <= 0.3 + history["seconds"].iloc[-1]
+    assert f"stopping after epoch {len(history)}" in result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == len(history)
+
+
+def test_seed_changes_the_weights_but_not_the_validation_faces(train_csv, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT))
+    asked = []
+
+    def load_splits(path, val_split, seed):
+        asked.append(seed)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(training, "load_splits", load_splits)
+    for flags in ({"seed": 7}, {"seed": 7, "split_seed": 3}):
+        config = {**_tiny_config(train_csv, tmp_path / "runs", epochs=1), **flags}
+        with pytest.raises(UserError, match="stop here"):
+            training.train("dnn", config, None)
+    assert asked == [0, 3]
+
+
+def test_init_from_copies_a_trained_models_weights_and_refuses_another_network(tmp_path):
+    def build(alpha, seed):
+        keras.utils.set_random_seed(seed)
+        return models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(), alpha=alpha)
+
+    trained = build(0.25, seed=1)
+    trained.save(tmp_path / "trained.keras")
+    fresh = build(0.25, seed=2)
+    training.start_from(fresh, tmp_path / "trained.keras")
+    for copied, original in zip(fresh.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(copied, original)
+    with pytest.raises(UserError, match=r"its network differs .* \(3, 3, 1, 2\) there, \(3, 3, 1, 4\) here"):
+        training.start_from(build(0.5, seed=2), tmp_path / "trained.keras")
+
+
+def test_init_from_run_records_its_starting_model(train_csv, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, first), check=True)
+    start = only_run(first) / "best.keras"
+    run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, second, 1, "--init-from", start), check=True)
+    assert json.loads((only_run(second) / "config.json").read_text())["init_from"] == str(start)
+    wrong = run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, tmp_path / "third", 1, "--init-from", start, "--filters", "4,8,8"))
+    assert wrong.returncode == 2 and wrong.stderr.startswith(f"error: {start}: its network differs")
+    assert not (tmp_path / "third").exists() or not any((tmp_path / "third").iterdir())

@@ -1,0 +1,65 @@
+"""Shipping with --int8 stores convolution kernels as int8 and predicts like the float model."""
+
+import io
+import zipfile
+
+import h5py
+import numpy as np
+
+from fersuite import INPUT_SHAPE, NUM_CLASSES, evaluation, models
+from fersuite.atomic import save_model
+from fersuite.quantize import INT8_MAX, Int8Conv2D, quantize_convolutions
+from fersuite.ship import ship
+
+
+def stored_variables(path):
+    """{layer name in the archive: [(dtype, bytes) of each stored variable]}."""
+    found = {}
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        for name, group in weights["layers"].items():
+            if "vars" in group:
+                found[name] = [(str(item.dtype), item.nbytes) for item in group["vars"].values()]
+    return found
+
+
+def convolution_bytes(variables):
+    return sum(size for name, stored in variables.items() if "conv2d" in name for _, size in stored)
+
+
+def small_cnn():
+    model = models.build_cnn(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(augment={"rotation_range": 10}), filters=(8, 16), dense=(16,))
+    rng = np.random.default_rng(0)
+    model.set_weights([weight + rng.normal(0, 0.05, weight.shape).astype(weight.dtype) for weight in model.get_weights()])
+    return model
+
+
+def test_each_kernel_is_within_half_a_step_of_the_float_one():
+    model = small_cnn()
+    quantized = quantize_convolutions(model)
+    for layer in quantized.layers:
+        if isinstance(layer, Int8Conv2D):
+            original = model.get_layer(layer.name)
+            kernel, scale = np.asarray(layer.kernel), np.asarray(layer.kernel_scale)
+            assert np.abs(kernel - np.asarray(original.kernel)).max(axis=(0, 1, 2)).max() <= (scale / 2).max() + 1e-7
+            assert np.abs(np.asarray(layer.kernel_int8)).max() == INT8_MAX
+            np.testing.assert_array_equal(np.asarray(layer.bias), np.asarray(original.bias))
+    assert sum(isinstance(layer, Int8Conv2D) for layer in quantized.layers) == 4
+
+
+def test_int8_ship_halves_a_cnn_and_predicts_like_it(tmp_path):
+    source = tmp_path / "best.keras"
+    save_model(small_cnn(), source, include_optimizer=False)
+    halved, quartered = tmp_path / "cnn16.keras", tmp_path / "cnn8.keras"
+    ship(source, halved)
+    ship(source, quartered, int8=True)
+
+    stored = stored_variables(quartered)
+    convolutions = [name for name in stored if "conv2d" in name]
+    assert len(convolutions) == 4 and all(stored[name][0][0] == "int8" for name in convolutions)
+    assert convolution_bytes(stored) < 0.6 * convolution_bytes(stored_variables(halved))
+
+    faces = np.random.default_rng(1).integers(0, 256, (16, 48, 48, 1)).astype("float32")
+    original = evaluation.load_model(source).predict(faces, verbose=0)
+    shipped = evaluation.load_model(quartered).predict(faces, verbose=0)
+    np.testing.assert_allclose(shipped, original, atol=2e-2)
+    assert (shipped.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.9
