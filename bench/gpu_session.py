@@ -3,7 +3,7 @@ GPU for a fixed time each, GPU utilisation sampled throughout, both models shipp
 small files packed to bring back.
 
     KERAS_BACKEND=jax python -m bench.gpu_session --data pack/train.npz.xz --minutes 7 --out $OUT
-    python -m bench.gpu_session --quick --out /tmp/gpu-session     # the sample, a few seconds, to try it
+    python -m bench.gpu_session --quick --out /tmp/gpu-session     # the sample, tiny networks: try it here (~1 minute)
 
 The lent machine gives a session 15 minutes of device time in all, its start (1-2 minutes)
 included, and one command may run 10 minutes: so one prepared command does everything. Each
