@@ -61,7 +61,7 @@ def start_run(family, args, runs_dir, out):
         "--epochs", "1000", "--runs-dir", str(runs_dir / family), "--quiet", *extra,
     ]
     print(" ".join(line), flush=True)
-    log = open(out / f"{family}.log", "w")  # noqa: SIM115  closed by wait_for
+    log = open(out / f"{family}.log", "w")  # noqa: SIM115  closed in main() once the run ends
     environment = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(line, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT, env=environment), log
 

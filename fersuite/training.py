@@ -28,6 +28,7 @@ from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
 
 MONITOR = "val_accuracy"
+COSINE_FLOOR = 0.01  # a cosine schedule ends at this share of its peak learning rate
 
 
 def new_run_dir(runs_dir, family):
@@ -80,7 +81,7 @@ def build_optimizer(config, steps_per_epoch):
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config["lr"] / 10 if warmup else config["lr"],
             decay,
-            alpha=0.01,
+            alpha=COSINE_FLOOR,
             warmup_target=config["lr"] if warmup else None,
             warmup_steps=warmup,
         )
@@ -126,9 +127,6 @@ class RunCheckpoint(keras.callbacks.Callback):
             save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
         save_model(self.model, self.run_dir / "last.keras")
         write_json(self.run_dir / "state.json", {"epochs_done": epoch + 1, "best": self.best})
-
-
-COSINE_FLOOR = 0.01  # the learning rate ends at this share of its peak, as CosineDecay's alpha above
 
 
 def budget_learning_rate(peak, epoch, warmup_epochs, epochs, time_spent):
