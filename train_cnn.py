@@ -44,11 +44,11 @@ def build_network(config, preprocessing):
 
 
 def main():
-    from fersuite.models import CNN_FILTERS
+    from fersuite import CNN_FILTERS
 
     parser = cli.training_parser(__doc__, DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--filters", type=cli.int_list, default=CNN_FILTERS, help="filters per block, comma-separated (default: 64,128,192,256,512)")
+    network.add_argument("--filters", type=cli.int_list, default=CNN_FILTERS, help=f"filters per block, comma-separated (default: {','.join(map(str, CNN_FILTERS))})")
     network.add_argument("--convs-per-block", type=cli.positive_int, default=2, help="(default: %(default)s)")
     network.add_argument("--kernel-size", type=cli.positive_int, default=3, help="(default: %(default)s)")
     network.add_argument("--dense", type=cli.int_list, default=(512, 512), help="Dense layer widths (default: 512,512)")

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from fersuite import CNN_FILTERS
 from fersuite.augment import RandomAffine, RandomErasing
 
-CNN_FILTERS = (64, 128, 192, 256, 512)
 MOBILENET_STAGES = (16, 32, 64, 144)
 HW8_MOBILENET_BLOCKS = (16, 16, 32, 32, 64, 64, 128, 128)
 
