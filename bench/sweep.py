@@ -3,6 +3,7 @@ at five sizes each, two orders of magnitude per family.
 
     KERAS_BACKEND=jax python bench/sweep.py --data ../shared/data/fer2013/train.csv.xz --epochs 60
     python bench/sweep.py --quick            # 1 epoch per size on the bundled sample, to try it
+    python bench/sweep.py --sizes cnn-374k,cnn-1.5M --epochs 60   # some sizes only
 
 Each size is an ordinary `train_*.py` run (its own run directory under --runs-dir, with
 metrics.json); the sweep then prints a table and writes runs.csv/.md, parameters_vs_accuracy.png (HW8's
@@ -43,9 +44,15 @@ def parse_args():
     parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
     parser.add_argument("--out", default=str(PROJECT / "bench" / "sweep"), help="folder for runs.csv/.md and the figures (default: %(default)s)")
     parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
+    parser.add_argument("--sizes", default=None, help=f"comma-separated labels, a subset of {', '.join(label for _, label, _ in SIZES)} (default: every size of --families)")
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    return parser.parse_args()
+    args = parser.parse_args()
+    labels = [label for _, label, _ in SIZES]
+    unknown = sorted(set(args.sizes.split(",")) - set(labels)) if args.sizes else []
+    if unknown:
+        parser.error(f"unknown size {', '.join(unknown)}; the sizes are {', '.join(labels)}")
+    return args
 
 
 def finished_run(runs_dir, label):
@@ -74,9 +81,10 @@ def command(family, label, flags, args):
 def run_sizes(args):
     """Train each missing size; returns (label, run directory) of all sizes, in SIZES order."""
     families = set(args.families.split(","))
+    chosen = set(args.sizes.split(",")) if args.sizes else None
     sizes = []
     for family, label, flags in SIZES:
-        if family not in families:
+        if family not in families or (chosen is not None and label not in chosen):
             continue
         run_dir = finished_run(args.runs_dir, label)
         if run_dir is None:

@@ -9,19 +9,21 @@ from conftest import PROJECT, run_script
 
 def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_path):
     runs_dir, out = tmp_path / "runs", tmp_path / "sweep"
-    args = ("--quick", "--families", "mobilenet", "--runs-dir", runs_dir, "--out", out)
+    labels = ["mobilenet-5k", "mobilenet-844k"]
+    args = ("--quick", "--sizes", ",".join(labels), "--runs-dir", runs_dir, "--out", out)
     first = run_script("bench/sweep.py", *args, check=True)
     summary = pd.read_csv(out / "runs.csv")
-    labels = ["mobilenet-5k", "mobilenet-17k", "mobilenet-60k", "mobilenet-220k", "mobilenet-844k"]
     assert summary["run"].tolist() == labels
     assert summary["parameters"].is_monotonic_increasing
     assert summary["parameters"].iloc[-1] > 100 * summary["parameters"].iloc[0]
     assert (summary["epochs_run"] == 1).all() and summary["best_val_accuracy"].between(0, 1).all()
     assert (out / "parameters_vs_accuracy.png").stat().st_size > 10_000
-    assert first.stdout.count("train_mobilenet.py") == 5
+    assert first.stdout.count("train_mobilenet.py") == 2 and "train_cnn.py" not in first.stdout
     again = run_script("bench/sweep.py", *args, check=True)
     assert "train_mobilenet.py" not in again.stdout
     assert sorted(path.parent.parent.name for path in runs_dir.glob("*/*/metrics.json")) == sorted(labels)
+    unknown = run_script("bench/sweep.py", "--sizes", "mobilenet-5k,cnn-9", "--dry-run")
+    assert unknown.returncode == 2 and "error: unknown size cnn-9;" in unknown.stderr
 
 
 def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_path):
