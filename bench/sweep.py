@@ -49,7 +49,8 @@ def parse_args():
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
     labels = [label for _, label, _ in SIZES]
-    unknown = sorted(set(args.sizes.split(",")) - set(labels)) if args.sizes else []
+    args.sizes = set(args.sizes.split(",")) if args.sizes else set(labels)
+    unknown = sorted(args.sizes - set(labels))
     if unknown:
         parser.error(f"unknown size {', '.join(unknown)}; the sizes are {', '.join(labels)}")
     return args
@@ -81,10 +82,9 @@ def command(family, label, flags, args):
 def run_sizes(args):
     """Train each missing size; returns (label, run directory) of all sizes, in SIZES order."""
     families = set(args.families.split(","))
-    chosen = set(args.sizes.split(",")) if args.sizes else None
     sizes = []
     for family, label, flags in SIZES:
-        if family not in families or (chosen is not None and label not in chosen):
+        if family not in families or label not in args.sizes:
             continue
         run_dir = finished_run(args.runs_dir, label)
         if run_dir is None:
