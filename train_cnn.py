@@ -10,7 +10,7 @@ epochs (training accuracy 0.22 against 0.31 after 2 epochs, bench/RESULTS.md); a
 Outputs go to runs/cnn-<time>/.
 """
 
-from fersuite import cli
+from fersuite import CNN_FILTERS, cli
 
 cli.quiet_backend_logs()
 
@@ -44,8 +44,6 @@ def build_network(config, preprocessing):
 
 
 def main():
-    from fersuite import CNN_FILTERS
-
     parser = cli.training_parser(__doc__, DEFAULTS)
     network = parser.add_argument_group("network")
     network.add_argument("--filters", type=cli.int_list, default=CNN_FILTERS, help=f"filters per block, comma-separated (default: {','.join(map(str, CNN_FILTERS))})")

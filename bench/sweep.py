@@ -35,6 +35,7 @@ SIZES = [
     ("mobilenet", "mobilenet-220k", ["--alpha", "2.0"]),
     ("mobilenet", "mobilenet-844k", ["--alpha", "4.0"]),
 ]
+LABELS = [label for _, label, _ in SIZES]
 
 
 def parse_args():
@@ -44,15 +45,14 @@ def parse_args():
     parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
     parser.add_argument("--out", default=str(PROJECT / "bench" / "sweep"), help="folder for runs.csv/.md and the figures (default: %(default)s)")
     parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
-    parser.add_argument("--sizes", default=None, help=f"comma-separated labels, a subset of {', '.join(label for _, label, _ in SIZES)} (default: every size of --families)")
+    parser.add_argument("--sizes", default=None, help=f"comma-separated labels, a subset of {', '.join(LABELS)} (default: every size of --families)")
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
-    labels = [label for _, label, _ in SIZES]
-    args.sizes = set(args.sizes.split(",")) if args.sizes else set(labels)
-    unknown = sorted(args.sizes - set(labels))
+    args.sizes = set(args.sizes.split(",")) if args.sizes else set(LABELS)
+    unknown = sorted(args.sizes - set(LABELS))
     if unknown:
-        parser.error(f"unknown size {', '.join(unknown)}; the sizes are {', '.join(labels)}")
+        parser.error(f"unknown size {', '.join(unknown)}; the sizes are {', '.join(LABELS)}")
     return args
 
 
