@@ -8,6 +8,9 @@ stored as float16 (half the bytes; Keras loads them back into float32 variables,
 predictions move by about 1e-3). --int8 also quantizes Dense kernels with Keras's int8
 quantization and convolution kernels as int8 with a scale per filter (fersuite.quantize): a DNN or
 a CNN, almost all Dense or convolution weights, shrinks to about a quarter of float32.
+
+A run trained with mixed precision (the default on a GPU) stores layers that compute in float16;
+a shipped model computes in float32, which a CPU runs faster and Keras's int8 quantization needs.
 """
 
 import argparse
@@ -16,6 +19,25 @@ from pathlib import Path
 
 from fersuite import cli
 from fersuite.errors import UserError
+
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def float32_config(config):
+    """A model config with every mixed or half-precision dtype replaced by float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: "float32" if key == "dtype" and value in HALF_DTYPES else float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [float32_config(value) for value in config]
+    return config
+
+
+def float32_model(model):
+    copy = model.__class__.from_config(float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def ship(source, destination, force=False, int8=False):
@@ -30,7 +52,7 @@ def ship(source, destination, force=False, int8=False):
         raise UserError(f"{destination}: already exists; pass --force to overwrite it")
     if not destination.parent.is_dir():
         raise UserError(f"{destination.parent}: no such directory")
-    model = load_model(source)
+    model = float32_model(load_model(source))
     parameters = model.count_params()
     if int8:
         from fersuite.quantize import quantize_convolutions

@@ -63,3 +63,24 @@ def test_int8_ship_halves_a_cnn_and_predicts_like_it(tmp_path):
     shipped = evaluation.load_model(quartered).predict(faces, verbose=0)
     np.testing.assert_allclose(shipped, original, atol=2e-2)
     assert (shipped.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.9
+
+
+def test_a_mixed_precision_model_ships_in_float32(tmp_path):
+    """A GPU run trains under mixed_float16; Keras refuses to quantize float16 layers, and a CPU predicts faster in float32."""
+    import keras
+
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        trained = small_cnn()
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    source = tmp_path / "best.keras"
+    save_model(trained, source, include_optimizer=False)
+    destination = tmp_path / "cnn8.keras"
+    ship(source, destination, int8=True)
+
+    shipped = evaluation.load_model(destination)
+    assert {layer.compute_dtype for layer in shipped.layers} == {"float32"}
+    faces = np.random.default_rng(1).integers(0, 256, (16, 48, 48, 1)).astype("float32")
+    original = evaluation.load_model(source).predict(faces, verbose=0)
+    np.testing.assert_allclose(shipped.predict(faces, verbose=0), original, atol=2e-2)
