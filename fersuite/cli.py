@@ -74,6 +74,7 @@ def training_parser(description, defaults):
     data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
     data.add_argument("--init-from", metavar="MODEL", help="start from a trained .keras model's weights (the same network, trained on the same --data, --val-split and --split-seed), e.g. to train a shipped model longer with a new schedule")
     data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch (other flags are taken from its config.json)")
+    data.add_argument("--resume-every", type=float, default=60.0, metavar="SECONDS", help="save last.keras, the state --resume continues from, at most this often and at the end; 0 = after every epoch (default: %(default)s)")
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="(default: %(default)s)")

@@ -222,6 +222,8 @@ FLAG_CASES = [
     ("train_dnn", ["--teacher-weight", "1.5"], "--teacher-weight"),
     ("train_dnn", ["--teacher-temperature", "0"], "--teacher-temperature"),
     ("train_cnn", ["--mixup", "-0.2"], "--mixup"),
+    ("train_mobilenet", ["--resume-every", "-1"], "--resume-every"),
+    ("train_cnn", ["--time-budget", "-1"], "--time-budget"),
 ]
 
 

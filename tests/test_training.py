@@ -140,7 +140,7 @@ def _epochs_done(run_dir):
 
 def _start_training(data, runs, epochs):
     """A training process of ~200 images, so each epoch takes a moment to kill it in."""
-    args = tiny_training_args("mobilenet", data, runs, epochs)
+    args = tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", 0)
     return subprocess.Popen(
         [sys.executable, str(PROJECT / "train_mobilenet.py"), *map(str, args)],
         stdout=subprocess.PIPE,
@@ -185,6 +185,22 @@ def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, 
     assert list(runs.iterdir()) == [run_dir]
 
 
+@pytest.mark.parametrize("every,saved", [(0, [1, 2, 3]), (3600, [3])])
+def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, saved, tmp_path, monkeypatch):
+    """On a GPU an epoch takes a second and last.keras (with Adam's state) half of one."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    checkpoint = training.RunCheckpoint(tmp_path, resume_every=every)
+    calls, save = [], checkpoint.save_resume_state
+    monkeypatch.setattr(checkpoint, "save_resume_state", lambda epochs_done: (calls.append(epochs_done), save(epochs_done)))
+    faces, targets = np.ones((14, 4), "float32"), np.eye(NUM_CLASSES, dtype="float32")[np.arange(14) % NUM_CLASSES]
+    model.fit(faces, targets, validation_data=(faces, targets), epochs=3, callbacks=[checkpoint], verbose=0)
+    assert calls == saved
+    assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 3
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3]
+    assert keras.saving.load_model(tmp_path / "last.keras").optimizer.iterations.numpy() == 3
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     runs = tmp_path / "runs"
     process = _start_training(bigger_csv, runs, epochs=50)
@@ -222,7 +238,7 @@ def _tiny_config(data, runs, epochs):
 
     parser = cli.training_parser("", DEFAULTS)
     parser.add_argument("--units", type=cli.int_list)
-    args = ["--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0]
+    args = ["--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0, "--resume-every", 0]
     return vars(parser.parse_args([*map(str, args), "--quiet"]))
 
 
@@ -255,12 +271,22 @@ def test_same_seed_gives_the_same_history(train_csv, tmp_path):
 
 
 def test_budget_learning_rate_warms_up_then_decays_over_time_or_epochs():
-    rates = [training.budget_learning_rate(1.0, epoch, 3, 100, time_spent=0.0) for epoch in range(4)]
+    rates = [training.budget_learning_rate(1.0, epoch, 3, 100, progress=0.0) for epoch in range(4)]
     np.testing.assert_allclose(rates, [0.1, 0.4, 0.7, 1.0 - 0.99 * 0.5 * (1 - math.cos(math.pi * 0.03))])
-    by_time = [training.budget_learning_rate(1.0, 10, 3, 100, time_spent) for time_spent in (0.25, 0.5, 0.75, 1.0, 1.5)]
+    by_time = [training.budget_learning_rate(1.0, 10, 3, 100, progress) for progress in (0.25, 0.5, 0.75, 1.0, 1.5)]
     assert by_time == sorted(by_time, reverse=True)
     assert by_time[1] == pytest.approx(0.505) and by_time[3] == by_time[4] == pytest.approx(training.COSINE_FLOOR)
-    assert training.budget_learning_rate(1.0, 50, 3, 100, time_spent=0.1) == pytest.approx(0.505)
+    assert training.budget_learning_rate(1.0, 50, 3, 100, progress=0.1) == pytest.approx(0.505)
+
+
+def test_budget_schedule_is_not_thrown_by_a_slow_compiling_first_epoch():
+    """The GPU session of 2026-11-27: a 116 s first epoch, then 1 s epochs, in a 4-minute budget."""
+    durations = [116.0, 1.0, 1.2, 0.9]
+    assert training.epoch_pace(durations) == 1.0 and training.epoch_pace([116.0]) == 116.0
+    seconds_left = 240.0 - sum(durations)
+    progress = training.budget_progress(len(durations), seconds_left, training.epoch_pace(durations))
+    assert progress == pytest.approx(4 / (4 + seconds_left)) and progress < 0.04
+    assert training.budget_progress(100, 0.5, 1.0) > 0.99 and training.budget_progress(100, -3.0, 1.0) == 1.0
 
 
 def test_time_budget_ends_the_run_before_its_epochs(train_csv, tmp_path):
