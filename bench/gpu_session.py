@@ -1,9 +1,15 @@
-"""A whole GPU session in one command: the CNN and the MobileNet trained side by side on the one
-GPU for a fixed time each, GPU utilisation sampled throughout, both models shipped and every run's
-small files packed to bring back.
+"""A whole GPU session in one command: several runs trained side by side on the one GPU for a
+fixed time each, GPU utilisation sampled throughout, every model shipped and every run's small
+files packed to bring back.
 
     KERAS_BACKEND=jax python -m bench.gpu_session --data pack/train.npz.xz --minutes 7 --out $OUT
+    KERAS_BACKEND=jax python -m bench.gpu_session --minutes 7 --out $OUT \
+        --run cnn --run "cnn --random-erasing 0.5 --label-smoothing 0.1" --run "mobilenet --alpha 1.0"
     python -m bench.gpu_session --quick --out /tmp/gpu-session     # the sample, tiny networks: try it here (~1 minute)
+
+A run is a family and its `train_<family>.py` flags. The 5.9M CNN keeps an H200 at about 5 % of
+its peak (bench/RESULTS.md, session 10), and two runs side by side each kept their one second per
+epoch, so one session can compare several recipes (or seeds for an ensemble) at once.
 
 The lent machine gives a session 15 minutes of device time in all, its start (1-2 minutes)
 included, and one command may run 10 minutes: so one prepared command does everything. Each
@@ -11,10 +17,12 @@ family is an ordinary `train_<family>.py` run with `--time-budget`, which spread
 over the minutes given, so the run ends decayed whatever the chip's speed. `--minutes 7` leaves
 about 1.5 minutes for start-up, the confusion matrices and shipping within a 10-minute command.
 
-Into --out (at most 8 files come back from the machine, 16 MiB each): `<family>.keras` (shipped:
-float16, no optimizer; `--int8` for int8 kernels), `runs.tar.gz` (each run's config.json,
-history.csv, metrics.json and confusion_matrix.csv), `<family>.log` (written as the run goes, so
-it comes back even from a command stopped at its limit) and `summary.json`.
+Into --out (at most 8 files come back from the machine, 16 MiB each, so at most 5 runs):
+`<name>.keras` for each run (shipped: float32 layers, float16 weights, no optimizer; `--int8` for
+int8 kernels), `runs.tar.gz` (each run's config.json, history.csv, metrics.json and
+confusion_matrix.csv), `runs.log` (every run's output, each line prefixed by its run's name and
+written as it comes, so it comes back even from a command stopped at its limit) and
+`summary.json`. A name is the family, numbered from the second run of a family on: cnn, cnn-2, ...
 """
 
 import argparse
@@ -23,18 +31,25 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from bench.gpu import GpuSampler, gpu_name, minutes_to
+from bench.gpu import FAMILIES, GpuSampler, gpu_name, minutes_to
 
 PROJECT = Path(__file__).resolve().parent.parent
 SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 DEFAULT_DATA = PROJECT / "pack" / "train.npz.xz"
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "confusion_matrix.csv")
-QUICK_NETWORKS = {"cnn": "--filters 4,8 --dense 16", "mobilenet": "--alpha 0.25"}
+MAX_RUNS = 5  # + runs.tar.gz, runs.log and summary.json = the 8 files that come back
+# --quick: tiny networks, and mixed precision as on a GPU, so shipping a float16-trained model is tried too.
+QUICK_FLAGS = {
+    "cnn": "--filters 4,8 --dense 16",
+    "dnn": "--units 16",
+    "mobilenet": "--alpha 0.25",
+}
 
 
 def parse_args():
@@ -43,27 +58,47 @@ def parse_args():
     parser.add_argument("--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)")
     parser.add_argument("--out", required=True, help="folder for what comes back ($OUT on the lent machine)")
     parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)")
-    parser.add_argument("--families", default="cnn,mobilenet", help="trained side by side (default: %(default)s)")
-    parser.add_argument("--cnn-args", default="", help="extra train_cnn.py flags, one string, e.g. '--filters 32,64,128,256,256'")
-    parser.add_argument("--mobilenet-args", default="", help="extra train_mobilenet.py flags, one string")
-    parser.add_argument("--dnn-args", default="", help="extra train_dnn.py flags, one string")
+    parser.add_argument("--run", action="append", metavar="'FAMILY [FLAGS]'", help=f"one run: a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS} (default: cnn and mobilenet)")
     parser.add_argument("--int8", action="store_true", help="ship int8 kernels (fersuite.ship --int8)")
     parser.add_argument("--threshold", type=float, default=0.70, help="report the minutes each run took to reach this val accuracy (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="the bundled sample, tiny networks, 0.05 minutes each")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.runs = named_runs(args.run or ["cnn", "mobilenet"], parser)
+    return args
 
 
-def start_run(family, args, runs_dir, out):
-    """One train_<family>.py process; JAX takes GPU memory as it needs it, so two runs share the chip."""
-    extra = getattr(args, f"{family}_args").split()
+def named_runs(specs, parser):
+    """{name: (family, flags)} in the order given; the second cnn is cnn-2, and so on."""
+    if len(specs) > MAX_RUNS:
+        parser.error(f"at most {MAX_RUNS} --run: only 8 files come back from the machine")
+    runs, counts = {}, {}
+    for spec in specs:
+        family, *flags = spec.split()
+        if family not in FAMILIES:
+            parser.error(f"--run {spec!r}: the family must be one of {', '.join(FAMILIES)}")
+        counts[family] = counts.get(family, 0) + 1
+        runs[family if counts[family] == 1 else f"{family}-{counts[family]}"] = (family, flags)
+    return runs
+
+
+def copy_lines(name, source, log):
+    for line in source:
+        log.write(f"[{name}] {line}")
+        log.flush()
+
+
+def start_run(name, family, flags, args, runs_dir, log):
+    """One train_<family>.py process; JAX takes GPU memory as it needs it, so the runs share the chip."""
     line = [
         sys.executable, str(PROJECT / f"train_{family}.py"), "--data", args.data, "--time-budget", str(args.minutes),
-        "--epochs", "1000", "--runs-dir", str(runs_dir / family), "--quiet", *extra,
+        "--epochs", "1000", "--runs-dir", str(runs_dir / name), "--quiet", *flags,
     ]
-    print(" ".join(line), flush=True)
-    log = open(out / f"{family}.log", "w")  # noqa: SIM115  closed in main() once the run ends
+    print(f"[{name}] {' '.join(line)}", flush=True)
     environment = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(line, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT, env=environment), log
+    process = subprocess.Popen(line, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    reader = threading.Thread(target=copy_lines, args=(name, process.stdout, log), daemon=True)
+    reader.start()
+    return process, reader
 
 
 def newest_run(runs_dir):
@@ -76,8 +111,8 @@ def ship(run_dir, destination, int8):
     subprocess.run(line, cwd=PROJECT, check=True)
 
 
-def summarise(family, run_dir, threshold, returncode):
-    row = {"family": family, "run": str(run_dir), "returncode": returncode}
+def summarise(name, family, flags, run_dir, threshold, returncode):
+    row = {"name": name, "family": family, "flags": " ".join(flags), "run": str(run_dir), "returncode": returncode}
     if run_dir is None or not (run_dir / "history.csv").is_file():
         return row
     history = pd.read_csv(run_dir / "history.csv")
@@ -98,35 +133,36 @@ def summarise(family, run_dir, threshold, returncode):
 def pack(runs, out):
     """Each run's small files in one archive: at most 8 files come back from the machine."""
     with tarfile.open(out / "runs.tar.gz", "w:gz") as archive:
-        for family, run_dir in runs.items():
-            for name in RUN_FILES:
-                if run_dir is not None and (run_dir / name).is_file():
-                    archive.add(run_dir / name, arcname=f"{family}/{run_dir.name}/{name}")
+        for name, run_dir in runs.items():
+            for file_name in RUN_FILES:
+                if run_dir is not None and (run_dir / file_name).is_file():
+                    archive.add(run_dir / file_name, arcname=f"{name}/{run_dir.name}/{file_name}")
 
 
 def main():
     args = parse_args()
     if args.quick:
         args.data, args.minutes = str(SAMPLE), 0.05
-        for family, flags in QUICK_NETWORKS.items():
-            setattr(args, f"{family}_args", f"{flags} --batch-size 16 --warmup-epochs 0 {getattr(args, f'{family}_args')}")
+        args.runs = {
+            name: (family, [*QUICK_FLAGS[family].split(), "--batch-size", "16", "--warmup-epochs", "0", "--mixed-precision", "on", *flags])
+            for name, (family, flags) in args.runs.items()
+        }
     out, runs_dir = Path(args.out), Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    families = args.families.split(",")
     print(f"GPU: {gpu_name() or 'none found'}; backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; {args.minutes:g} minutes per run", flush=True)
     started = time.perf_counter()
-    with GpuSampler() as sampler:
-        processes = {family: start_run(family, args, runs_dir, out) for family in families}
+    with GpuSampler() as sampler, open(out / "runs.log", "w") as log:
+        processes = {name: start_run(name, family, flags, args, runs_dir, log) for name, (family, flags) in args.runs.items()}
         codes = {}
-        for family, (process, log) in processes.items():
-            codes[family] = process.wait()
-            log.close()
-    runs = {family: newest_run(runs_dir / family) for family in families}
+        for name, (process, reader) in processes.items():
+            codes[name] = process.wait()
+            reader.join()
+    runs = {name: newest_run(runs_dir / name) for name in args.runs}
     rows = []
-    for family in families:
-        if codes[family] == 0:
-            ship(runs[family], out / f"{family}.keras", args.int8)
-        rows.append(summarise(family, runs[family], args.threshold, codes[family]))
+    for name, (family, flags) in args.runs.items():
+        if codes[name] == 0:
+            ship(runs[name], out / f"{name}.keras", args.int8)
+        rows.append(summarise(name, family, flags, runs[name], args.threshold, codes[name]))
     pack(runs, out)
     summary = {
         "gpu": gpu_name(),
@@ -138,7 +174,7 @@ def main():
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     if any(codes.values()):
-        raise SystemExit(f"a run failed: {codes}; see its log in {out}")
+        raise SystemExit(f"a run failed: {codes}; see {out / 'runs.log'}")
 
 
 if __name__ == "__main__":

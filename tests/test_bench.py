@@ -31,20 +31,29 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
     import tarfile
 
     out = tmp_path / "out"
-    line = [sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--int8"]
+    runs = ["--run", "cnn", "--run", "mobilenet", "--run", "cnn --seed 1"]
+    line = [sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--int8", *runs]
     result = subprocess.run(line, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert sorted(path.name for path in out.iterdir()) == sorted(
-        ["cnn.keras", "mobilenet.keras", "cnn.log", "mobilenet.log", "runs.tar.gz", "summary.json"]
-    )
+    names = ["cnn", "mobilenet", "cnn-2"]
+    assert sorted(path.name for path in out.iterdir()) == sorted([f"{name}.keras" for name in names] + ["runs.log", "runs.tar.gz", "summary.json"])
     summary = json.loads((out / "summary.json").read_text())
-    assert [row["family"] for row in summary["runs"]] == ["cnn", "mobilenet"]
+    assert [row["name"] for row in summary["runs"]] == names and summary["runs"][2]["flags"].endswith("--seed 1")
     for row in summary["runs"]:
         assert row["returncode"] == 0 and row["epochs"] >= 1 and 0 <= row["best_val_accuracy"] <= 1
+    log = (out / "runs.log").read_text()
+    assert all(f"[{name}] best validation accuracy" in log for name in names)
     with tarfile.open(out / "runs.tar.gz") as archive:
-        names = archive.getnames()
-    assert sum(name.endswith("/history.csv") for name in names) == 2 and len(names) == 8
+        packed = archive.getnames()
+    assert sum(name.endswith("/history.csv") for name in packed) == 3 and len(packed) == 12
 
     from fersuite.evaluation import load_model
 
-    assert load_model(out / "cnn.keras").get_layer("block1_conv1").__class__.__name__ == "Int8Conv2D"
+    shipped = load_model(out / "cnn.keras")  # trained under mixed_float16, as on a GPU
+    assert shipped.get_layer("block1_conv1").__class__.__name__ == "Int8Conv2D"
+    assert {layer.compute_dtype for layer in shipped.layers} == {"float32"}
+
+    for spec, message in (("resnet", "the family must be one of"), ("cnn", "at most 5 --run")):
+        count = 1 if spec == "resnet" else 6
+        refused = subprocess.run([sys.executable, "-m", "bench.gpu_session", "--out", str(tmp_path / "no"), *["--run", spec] * count], cwd=PROJECT, capture_output=True, text=True, check=False)
+        assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "no").exists()
