@@ -132,15 +132,18 @@ def test_int8_shipping_quantizes_dense_kernels(trained_model, tmp_path):
     np.testing.assert_allclose(halved.predict(faces, verbose=0), original, atol=2e-2)
 
 
-def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path):
+def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path, monkeypatch):
     """models/ is what a clean clone predicts with: it must fit the GPU carry budget and be trained."""
+    monkeypatch.syspath_prepend(str(PROJECT))
+    from predict import DEFAULT_ENSEMBLE
+
     shipped = sorted((PROJECT / "models").glob("*.keras"))
-    assert {path.stem for path in shipped} >= {"cnn", "mobilenet", "dnn"}
+    assert {path.stem for path in shipped} >= {"cnn", "mobilenet", "dnn"} and {path.name for path in shipped} == set(DEFAULT_ENSEMBLE)
     assert sum(path.stat().st_size for path in shipped) <= 12 * 2**20
     out = tmp_path / "submission.csv"
     result = run_script("predict.py", "--data", PROJECT / "data" / "fer2013_sample.csv.xz", "--out", out, check=True)
     scores = [float(line.split(": ")[1].split()[0]) for line in result.stdout.splitlines() if " accuracy: " in line]
     assert len(scores) == 2 and np.mean(scores) > 0.4  # 70 held-out faces; an untrained MobileNet scores 0.13
     assert len(pd.read_csv(out)) == 70
-    models = " + ".join(str(PROJECT / "models" / name) for name in ("cnn.keras", "mobilenet.keras", "dnn.keras"))
+    models = " + ".join(str(PROJECT / "models" / name) for name in DEFAULT_ENSEMBLE)
     assert f"models {models}, tta flip" in result.stderr
