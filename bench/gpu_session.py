@@ -12,8 +12,8 @@ its peak (bench/RESULTS.md, session 10), and two runs side by side each kept the
 epoch, so one session can compare several recipes (or seeds for an ensemble) at once.
 
 The lent machine gives a session 15 minutes of device time in all, its start (1-2 minutes)
-included, and one command may run 10 minutes: so one prepared command does everything. Each
-family is an ordinary `train_<family>.py` run with `--time-budget`, which spreads the cosine schedule
+included, and one command may run 10 minutes: so one prepared command does everything. Each run
+is an ordinary `train_<family>.py` process with `--time-budget`, which spreads the cosine schedule
 over the minutes given, so the run ends decayed whatever the chip's speed. `--minutes 7` leaves
 about 1.5 minutes for start-up, the confusion matrices and shipping within a 10-minute command.
 

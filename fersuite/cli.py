@@ -73,7 +73,7 @@ def training_parser(description, defaults):
     data.add_argument("--split-seed", type=int, default=0, help="which faces the label,feature layout holds out for validation; keep it the same across the models of an ensemble (default: %(default)s)")
     data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
     data.add_argument("--init-from", metavar="MODEL", help="start from a trained .keras model's weights (the same network, trained on the same --data, --val-split and --split-seed), e.g. to train a shipped model longer with a new schedule")
-    data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch (other flags are taken from its config.json)")
+    data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from the epoch its last.keras holds (other flags are taken from its config.json)")
     data.add_argument("--resume-every", type=float, default=60.0, metavar="SECONDS", help="save last.keras, the state --resume continues from, at most this often and at the end; 0 = after every epoch (default: %(default)s)")
 
     optimization = parser.add_argument_group("optimization")
