@@ -19,9 +19,12 @@ NumPy/SciPy implementation and runs on the CPU whatever the backend.
 
 Training speed is model.fit for --warmup + --steps batches, timed over the last --steps (a whole
 epoch of the 5.9M CNN takes minutes on this CPU): the generator feeding a model that only
-rescales, the suite's model with RandomAffine inside, and the same model without augmentation.
-Every figure is the median of --rounds rounds that take turns, so a change in the machine's load
-during the run falls on all of them.
+rescales, the suite's model with RandomAffine inside, the same model again with Keras's
+TerminateOnNaN (a per-batch callback that makes fit wait for each step's loss before the next, as
+the suite's scripts did before session 11; on JAX only, where Keras otherwise runs batch callbacks
+in a worker thread), and the same model without augmentation. Every figure is the median of
+--rounds rounds that take turns, so a change in the machine's load during the run falls on all of
+them.
 """
 
 import keras
@@ -162,18 +165,18 @@ def training_speed(pixels, labels, args):
     pixels, labels = common.repeat_to(pixels, labels, count)
     targets = common.one_hot(labels)
 
-    def fit(model, inputs, labels=None):
-        return lambda: common.fit_rate(model, inputs, labels, args.warmup, args.steps, args.batch_size)
+    def fit(model, inputs, labels=None, callbacks=()):
+        return lambda: common.fit_rate(model, inputs, labels, args.warmup, args.steps, args.batch_size, callbacks)
 
     generator = image_data_generator().flow(pixels.astype("float32"), targets, batch_size=args.batch_size, seed=0)
     generator.workers = args.workers
     rescale_only = cnn(args.network, preprocessing_layers())
     print(f"  {args.network} CNN: {rescale_only.count_params():,} parameters")
+    suite = cnn(args.network, preprocessing_layers(augment=common.AUGMENT, seed=0))
     measures = {
         "ImageDataGenerator -> fit": fit(rescale_only, generator),
-        "RandomAffine in the model (suite)": fit(
-            cnn(args.network, preprocessing_layers(augment=common.AUGMENT, seed=0)), pixels, targets
-        ),
+        "RandomAffine in the model (suite)": fit(suite, pixels, targets),
+        "suite, fit waiting for each step": fit(suite, pixels, targets, [keras.callbacks.TerminateOnNaN()]),
         "no augmentation": fit(cnn(args.network, preprocessing_layers()), pixels, targets),
     }
     results = common.interleaved(measures, args.rounds)

@@ -179,31 +179,37 @@ def timed(call, images):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Wall and CPU time at the end of every training batch; logs are turned into numbers before
-    a non-async callback runs, so each stamp comes after its step has really finished."""
+    """Wall and CPU time at the end of every training batch, taken once its logs are numbers, so
+    each stamp comes after its step has really finished. Marked async-safe like the suite's own
+    callbacks: on JAX, Keras then reads the logs in a worker thread and fit need not wait for each
+    step, as in a training script (a timer that made it wait would time another loop)."""
+
+    async_safe = True
 
     def __init__(self):
         super().__init__()
-        self.stamps = []
+        self.stamps = {}
 
     def on_train_batch_end(self, batch, logs=None):
-        self.stamps.append((time.perf_counter(), time.process_time()))
+        self.stamps[batch] = (time.perf_counter(), time.process_time())
 
     def rate(self, warmup, batch_size):
         """Steady state: the batches after the first `warmup` (tracing, compiling)."""
-        (wall_start, cpu_start), (wall_end, cpu_end) = self.stamps[warmup - 1], self.stamps[-1]
-        return Rate((len(self.stamps) - warmup) * batch_size, wall_end - wall_start, cpu_end - cpu_start)
+        last = max(self.stamps)
+        (wall_start, cpu_start), (wall_end, cpu_end) = self.stamps[warmup - 1], self.stamps[last]
+        return Rate((last + 1 - warmup) * batch_size, wall_end - wall_start, cpu_end - cpu_start)
 
 
-def fit_rate(model, inputs, labels, warmup, steps, batch_size=BATCH_SIZE):
+def fit_rate(model, inputs, labels, warmup, steps, batch_size=BATCH_SIZE, callbacks=()):
     """model.fit for warmup + steps batches of NumPy arrays (or one PyDataset); Rate of the last `steps`."""
     timer = StepTimer()
+    callbacks = [*callbacks, timer]
     if labels is None:
-        model.fit(inputs, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
+        model.fit(inputs, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=callbacks)
     else:
         count = (warmup + steps) * batch_size
         model.fit(
-            inputs[:count], labels[:count], batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=[timer]
+            inputs[:count], labels[:count], batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=callbacks
         )
     return timer.rate(warmup, batch_size)
 

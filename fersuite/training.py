@@ -209,8 +209,35 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StopOnNaN(keras.callbacks.Callback):
+    """Keras's TerminateOnNaN, made so that fit need not wait for each step.
+
+    A per-batch callback that Keras may not run off the training loop's thread makes fit turn
+    every step's loss into a Python number before the next step starts (on JAX, the one backend
+    where Keras dispatches callbacks asynchronously): the host waits for the GPU and the GPU for
+    the host at every step. This one is marked async-safe: the loss is read in Keras's worker
+    thread, and the run is stopped from the loop's thread at the next batch (one more step), because
+    under JAX `self.model` copies the training state into the model and must not race the loop."""
+
+    async_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.nan_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.nan_batch is None and loss is not None and not math.isfinite(loss):
+            self.nan_batch = batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.nan_batch is not None:
+            print(f"batch {self.nan_batch + 1}: the loss is NaN, stopping")
+            self.model.stop_training = True
+
+
 def _callbacks(config, checkpoint):
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    callbacks = [StopOnNaN()]
     if config["schedule"] == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(

@@ -1,4 +1,4 @@
-"""bench/sweep.py and bench/gpu_session.py end to end on the bundled sample."""
+"""bench/sweep.py and bench/gpu_session.py end to end on the bundled sample; the benchmarks' step timer."""
 
 import subprocess
 import sys
@@ -57,3 +57,15 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
         count = 1 if spec == "resnet" else 6
         refused = subprocess.run([sys.executable, "-m", "bench.gpu_session", "--out", str(tmp_path / "no"), *["--run", spec] * count], cwd=PROJECT, capture_output=True, text=True, check=False)
         assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "no").exists()
+
+
+def test_step_timer_times_the_batches_after_the_warm_up():
+    import keras
+    import numpy as np
+
+    from bench import common
+
+    model = common.compile_like_suite(keras.Sequential([keras.Input((4,)), keras.layers.Dense(7, activation="softmax")]))
+    faces, targets = np.ones((20, 4), "float32"), common.one_hot(np.arange(20) % 7)
+    rate = common.fit_rate(model, faces, targets, warmup=2, steps=3, batch_size=4)
+    assert rate.images == 3 * 4 and rate.wall > 0

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -250,9 +251,9 @@ def _tiny_config(data, runs, epochs):
     return vars(parser.parse_args([*map(str, args), "--quiet"]))
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(PROJECT))
-    config = _tiny_config(train_csv, tmp_path / "runs", epochs=5)
+def train_until_nan(data, runs):
+    """A tiny DNN whose loss turns NaN in its second epoch: the run stops and keeps epoch 1's model."""
+    config = _tiny_config(data, runs, epochs=5)
     steps_per_epoch = math.ceil(38 / 16)
 
     def build(config, preprocessing):
@@ -263,10 +264,44 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_pat
 
     with pytest.raises(UserError, match="the loss became NaN in epoch 2"):
         training.train("dnn", config, build)
-    run_dir = only_run(tmp_path / "runs")
+    run_dir = only_run(runs)
     model = keras.saving.load_model(run_dir / "best.keras")
     assert np.isfinite(model.predict(np.zeros((1, *INPUT_SHAPE)), verbose=0)).all()
     assert json.loads((run_dir / "state.json").read_text())["epochs_done"] == 1
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT))
+    train_until_nan(train_csv, tmp_path / "runs")
+
+
+JAX_DISPATCH_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {project!r}]
+import keras
+import test_training
+from fersuite import backend, training
+assert backend.name() == "jax"
+config = test_training._tiny_config({data!r}, {runs!r}, epochs=5)
+for schedule, patience, budget in (("cosine", 0, 0.0), ("plateau", 3, 5.0)):
+    config.update(schedule=schedule, patience=patience, time_budget=budget)
+    callbacks = training._callbacks(config, training.RunCheckpoint({runs!r}))
+    assert keras.callbacks.CallbackList(callbacks)._async_train, [type(callback).__name__ for callback in callbacks]
+test_training.train_until_nan({data!r}, {runs!r})
+print("ok")
+"""
+
+
+def test_under_jax_fit_does_not_wait_for_each_step_and_nan_still_stops_the_run(train_csv, tmp_path):
+    """On JAX a per-batch callback that Keras may not run off the loop's thread (Keras's own
+    TerminateOnNaN is one) makes every step wait for the previous one's loss: host and GPU take
+    turns. TensorFlow never dispatches callbacks asynchronously, hence the JAX interpreter."""
+    pytest.importorskip("jax")
+    script = JAX_DISPATCH_SCRIPT.format(tests=str(PROJECT / "tests"), project=str(PROJECT), data=str(train_csv), runs=str(tmp_path / "runs"))
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "ok"
 
 
 def test_same_seed_gives_the_same_history(train_csv, tmp_path):
