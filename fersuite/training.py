@@ -22,7 +22,7 @@ import pandas as pd
 
 from fersuite import EMOTIONS, __version__, backend, evaluation
 from fersuite.atomic import save_model, write_json, write_text
-from fersuite.augment import MixUpBatches
+from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
@@ -285,11 +285,14 @@ def class_weights(labels, mode):
 
 
 def training_inputs(config, train_split, targets, epochs_done):
-    """model.fit's training arguments: the arrays as they are, or mixup batches when --mixup > 0
-    (class weights then travel as per-image weights, blended like the targets)."""
+    """model.fit's training arguments: the arrays, padded with a few repeated faces to whole batches
+    (see full_batch_order), or mixup batches when --mixup > 0 (class weights then travel as
+    per-image weights, blended like the targets)."""
     weights = class_weights(train_split.labels, config["class_weight"])
     if config.get("mixup", 0.0) <= 0:
-        return {"x": train_split.pixels, "y": targets, "batch_size": config["batch_size"], "class_weight": weights, "shuffle": True}
+        rows = full_batch_order(len(train_split), config["batch_size"], np.random.default_rng(config["seed"]))
+        inputs = {"x": train_split.pixels[rows], "y": targets[rows], "batch_size": config["batch_size"]}
+        return {**inputs, "class_weight": weights, "shuffle": True}
     sample_weights = None if weights is None else np.array([weights[label] for label in train_split.labels], dtype="float32")
     batches = MixUpBatches(
         train_split.pixels, targets, config["batch_size"], config["mixup"], sample_weights, config["seed"], epochs_done

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from conftest import PROJECT, labeled_rows, only_run, run_script, tiny_training_args, write_csv
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, models, training
-from fersuite.augment import MixUpBatches
+from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
@@ -88,7 +89,7 @@ def test_mixup_blends_images_targets_and_weights_with_the_same_share():
     batches = MixUpBatches(pixels, targets, 4, alpha=0.4, sample_weights=weights, seed=1)
     assert len(batches) == 3
     blended = [batches[index] for index in range(len(batches))]
-    assert [len(x) for x, _, _ in blended] == [4, 4, 2]
+    assert [len(x) for x, _, _ in blended] == [4, 4, 4]  # two faces repeated: one input shape
     x, y, w = (np.concatenate(parts) for parts in zip(*blended))
     np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
     assert ((y > 0).sum(axis=1) <= 2).all() and (y.max(axis=1) < 1).any()
@@ -292,16 +293,26 @@ print("ok")
 """
 
 
-def test_under_jax_fit_does_not_wait_for_each_step_and_nan_still_stops_the_run(train_csv, tmp_path):
+def test_under_jax_training_compiles_once_never_waits_for_a_step_and_stops_on_nan(train_csv, tmp_path):
     """On JAX a per-batch callback that Keras may not run off the loop's thread (Keras's own
     TerminateOnNaN is one) makes every step wait for the previous one's loss: host and GPU take
-    turns. TensorFlow never dispatches callbacks asynchronously, hence the JAX interpreter."""
+    turns; and a smaller last batch compiles the training step a second time. TensorFlow never
+    dispatches callbacks asynchronously nor recompiles for it, hence the JAX interpreter. The run's
+    37 training faces in batches of 16 would leave a last batch of 5."""
     pytest.importorskip("jax")
     script = JAX_DISPATCH_SCRIPT.format(tests=str(PROJECT / "tests"), project=str(PROJECT), data=str(train_csv), runs=str(tmp_path / "runs"))
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_LOG_COMPILES": "1"}
     result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "ok"
+    assert len(re.findall(r"Compiling (?:jit\()?train_step\b", result.stderr)) == 1
+
+
+@pytest.mark.parametrize("count,batch_size", [(10, 4), (8, 4), (3, 8)])
+def test_full_batch_order_covers_every_row_in_whole_batches(count, batch_size):
+    order = full_batch_order(count, batch_size, np.random.default_rng(0))
+    assert len(order) % batch_size == 0 and len(order) - count < batch_size
+    assert set(order) == set(range(count)) and sorted(order[:count]) == list(range(count))
 
 
 def test_same_seed_gives_the_same_history(train_csv, tmp_path):
