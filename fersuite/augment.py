@@ -130,8 +130,9 @@ def full_batch_order(count, batch_size, rng):
     """A shuffled order of `count` rows with random repeats appended up to a whole number of batches.
 
     A smaller last batch is a new input shape, and under JAX the training step compiles again for
-    it: a second compile in the first epoch, about half of that epoch on a GPU (the MobileNet's took
-    two minutes). A few repeated faces per epoch cost nothing in comparison."""
+    it: a second compile in the first epoch (10-20 s on a 2-core CPU; on a GPU, where the first
+    epoch took 50 s for the CNN and two minutes for the MobileNet, XLA also autotunes it). A few
+    repeated faces per epoch cost nothing in comparison."""
     missing = -count % batch_size
     return np.concatenate([rng.permutation(count), rng.choice(count, missing, replace=missing > count)])
 
