@@ -3,16 +3,13 @@ behind the figures (confusion counts, multiply-adds, saliency) are right on hand
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, labeled_rows, write_csv
+from conftest import PROJECT, labeled_rows, run_under_jax, write_csv
 from keras import layers
 from PIL import Image
 
@@ -198,11 +195,7 @@ print(test_plots.make_run({root!r}))
 
 def test_a_model_trained_under_jax_plots_under_tensorflow(tmp_path):
     """The JAX side also checks its input gradients on the one-pixel model."""
-    pytest.importorskip("jax")
-    script = JAX_SCRIPT.format(tests=str(TESTS), project=str(PROJECT), root=str(tmp_path / "jax"))
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_under_jax(JAX_SCRIPT.format(tests=str(TESTS), project=str(PROJECT), root=str(tmp_path / "jax")))
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert json.loads((run_dir / "config.json").read_text())["versions"]["backend"] == "jax"
     report_main([str(run_dir), "--out", str(tmp_path / "figures"), "--figures", "confusion,saliency,filters", *FAST])

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, labeled_rows, only_run, run_script, tiny_training_args, write_csv
+from conftest import PROJECT, labeled_rows, only_run, run_script, run_under_jax, tiny_training_args, write_csv
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, models, training
 from fersuite.augment import MixUpBatches, full_batch_order
@@ -299,11 +298,8 @@ def test_under_jax_training_compiles_once_never_waits_for_a_step_and_stops_on_na
     turns; and a smaller last batch compiles the training step a second time. TensorFlow never
     dispatches callbacks asynchronously nor recompiles for it, hence the JAX interpreter. The run's
     37 training faces in batches of 16 would leave a last batch of 5."""
-    pytest.importorskip("jax")
     script = JAX_DISPATCH_SCRIPT.format(tests=str(PROJECT / "tests"), project=str(PROJECT), data=str(train_csv), runs=str(tmp_path / "runs"))
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_LOG_COMPILES": "1"}
-    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_under_jax(script, JAX_LOG_COMPILES="1")
     assert result.stdout.strip().splitlines()[-1] == "ok"
     assert len(re.findall(r"Compiling (?:jit\()?train_step\b", result.stderr)) == 1
 
