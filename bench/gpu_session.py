@@ -7,9 +7,12 @@ files packed to bring back.
         --run cnn --run "cnn --random-erasing 0.5 --label-smoothing 0.1" --run "mobilenet --alpha 1.0"
     python -m bench.gpu_session --quick --out /tmp/gpu-session     # the sample, tiny networks: try it here (~1 minute)
 
-A run is a family and its `train_<family>.py` flags. The 5.9M CNN keeps an H200 at about 5 % of
-its peak (bench/RESULTS.md, session 10), and two runs side by side each kept their one second per
-epoch, so one session can compare several recipes (or seeds for an ensemble) at once.
+A run is a family and its `train_<family>.py` flags, after any NAME=value settings of that run's
+environment: `--run "XLA_FLAGS=--xla_gpu_autotune_level=0 mobilenet"` spares the MobileNet the
+minutes XLA spends timing convolution algorithms for each of its many layer shapes (bench/RESULTS.md,
+session 12). One 5.9M CNN run leaves part of an H200 idle: four side by side trained about 49,000
+images/s together, against 34,600 for one alone (bench/RESULTS.md, session 12), so one session
+can compare several recipes (or seeds for an ensemble) at once.
 
 The lent machine gives a session 15 minutes of device time in all, its start (1-2 minutes)
 included, and one command may run 10 minutes: so one prepared command does everything. Each run
@@ -26,8 +29,10 @@ written as it comes, so it comes back even from a command stopped at its limit) 
 """
 
 import argparse
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -58,7 +63,7 @@ def parse_args():
     parser.add_argument("--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)")
     parser.add_argument("--out", required=True, help="folder for what comes back ($OUT on the lent machine)")
     parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)")
-    parser.add_argument("--run", action="append", metavar="'FAMILY [FLAGS]'", help=f"one run: a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS} (default: cnn and mobilenet)")
+    parser.add_argument("--run", action="append", metavar="'[NAME=value ...] FAMILY [FLAGS]'", help=f"one run: environment settings for it, a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS} (default: cnn and mobilenet)")
     parser.add_argument("--int8", action="store_true", help="ship int8 kernels (fersuite.ship --int8)")
     parser.add_argument("--threshold", type=float, default=0.70, help="report the minutes each run took to reach this val accuracy (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="the bundled sample, tiny networks, 0.05 minutes each")
@@ -68,16 +73,19 @@ def parse_args():
 
 
 def named_runs(specs, parser):
-    """{name: (family, flags)} in the order given; the second cnn is cnn-2, and so on."""
+    """{name: (family, flags, environment)} in the order given; the second cnn is cnn-2, and so on."""
     if len(specs) > MAX_RUNS:
         parser.error(f"at most {MAX_RUNS} --run: only 8 files come back from the machine")
     runs, counts = {}, {}
     for spec in specs:
-        family, *flags = spec.split()
+        words = spec.split()
+        settings = list(itertools.takewhile(lambda word: re.fullmatch(r"[A-Za-z_]\w*=.*", word), words))
+        family, *flags = words[len(settings) :] or [""]
         if family not in FAMILIES:
             parser.error(f"--run {spec!r}: the family must be one of {', '.join(FAMILIES)}")
         counts[family] = counts.get(family, 0) + 1
-        runs[family if counts[family] == 1 else f"{family}-{counts[family]}"] = (family, flags)
+        environment = dict(setting.split("=", 1) for setting in settings)
+        runs[family if counts[family] == 1 else f"{family}-{counts[family]}"] = (family, flags, environment)
     return runs
 
 
@@ -87,15 +95,15 @@ def copy_lines(name, source, log):
         log.flush()
 
 
-def start_run(name, family, flags, args, runs_dir, log):
+def start_run(name, family, flags, environment, args, runs_dir, log):
     """One train_<family>.py process; JAX takes GPU memory as it needs it, so the runs share the chip."""
     line = [
         sys.executable, str(PROJECT / f"train_{family}.py"), "--data", args.data, "--time-budget", str(args.minutes),
         "--epochs", "1000", "--runs-dir", str(runs_dir / name), "--quiet", *flags,
     ]
-    print(f"[{name}] {' '.join(line)}", flush=True)
-    environment = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(line, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    print(f"[{name}] {' '.join([*(f'{key}={value}' for key, value in environment.items()), *line])}", flush=True)
+    settings = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1", **environment}
+    process = subprocess.Popen(line, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=settings)
     reader = threading.Thread(target=copy_lines, args=(name, process.stdout, log), daemon=True)
     reader.start()
     return process, reader
@@ -111,8 +119,8 @@ def ship(run_dir, destination, int8):
     subprocess.run(line, cwd=PROJECT, check=True)
 
 
-def summarise(name, family, flags, run_dir, threshold, returncode):
-    row = {"name": name, "family": family, "flags": " ".join(flags), "run": str(run_dir), "returncode": returncode}
+def summarise(name, family, flags, environment, run_dir, threshold, returncode):
+    row = {"name": name, "family": family, "flags": " ".join(flags), "environment": environment, "run": str(run_dir), "returncode": returncode}
     if run_dir is None or not (run_dir / "history.csv").is_file():
         return row
     history = pd.read_csv(run_dir / "history.csv")
@@ -144,25 +152,25 @@ def main():
     if args.quick:
         args.data, args.minutes = str(SAMPLE), 0.05
         args.runs = {
-            name: (family, [*QUICK_FLAGS[family].split(), "--batch-size", "16", "--warmup-epochs", "0", "--mixed-precision", "on", *flags])
-            for name, (family, flags) in args.runs.items()
+            name: (family, [*QUICK_FLAGS[family].split(), "--batch-size", "16", "--warmup-epochs", "0", "--mixed-precision", "on", *flags], environment)
+            for name, (family, flags, environment) in args.runs.items()
         }
     out, runs_dir = Path(args.out), Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU: {gpu_name() or 'none found'}; backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; {args.minutes:g} minutes per run", flush=True)
     started = time.perf_counter()
     with GpuSampler() as sampler, open(out / "runs.log", "w") as log:
-        processes = {name: start_run(name, family, flags, args, runs_dir, log) for name, (family, flags) in args.runs.items()}
+        processes = {name: start_run(name, *run, args, runs_dir, log) for name, run in args.runs.items()}
         codes = {}
         for name, (process, reader) in processes.items():
             codes[name] = process.wait()
             reader.join()
     runs = {name: newest_run(runs_dir / name) for name in args.runs}
     rows = []
-    for name, (family, flags) in args.runs.items():
+    for name, run in args.runs.items():
         if codes[name] == 0:
             ship(runs[name], out / f"{name}.keras", args.int8)
-        rows.append(summarise(name, family, flags, runs[name], args.threshold, codes[name]))
+        rows.append(summarise(name, *run, runs[name], args.threshold, codes[name]))
     pack(runs, out)
     summary = {
         "gpu": gpu_name(),

@@ -31,7 +31,7 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
     import tarfile
 
     out = tmp_path / "out"
-    runs = ["--run", "cnn", "--run", "mobilenet", "--run", "cnn --seed 1"]
+    runs = ["--run", "cnn", "--run", "mobilenet", "--run", "KERAS_BACKEND=jax cnn --seed 1"]
     line = [sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--int8", *runs]
     result = subprocess.run(line, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -39,6 +39,9 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
     assert sorted(path.name for path in out.iterdir()) == sorted([f"{name}.keras" for name in names] + ["runs.log", "runs.tar.gz", "summary.json"])
     summary = json.loads((out / "summary.json").read_text())
     assert [row["name"] for row in summary["runs"]] == names and summary["runs"][2]["flags"].endswith("--seed 1")
+    assert summary["runs"][2]["environment"] == {"KERAS_BACKEND": "jax"} and summary["runs"][0]["environment"] == {}
+    backends = {path.parent.parent.name: json.loads(path.read_text())["versions"]["backend"] for path in (tmp_path / "runs").glob("*/*/*/config.json")}
+    assert backends == {"cnn": "tensorflow", "mobilenet": "tensorflow", "cnn-2": "jax"}
     for row in summary["runs"]:
         assert row["returncode"] == 0 and row["epochs"] >= 1 and 0 <= row["best_val_accuracy"] <= 1
     log = (out / "runs.log").read_text()
@@ -53,8 +56,8 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
     assert shipped.get_layer("block1_conv1").__class__.__name__ == "Int8Conv2D"
     assert {layer.compute_dtype for layer in shipped.layers} == {"float32"}
 
-    for spec, message in (("resnet", "the family must be one of"), ("cnn", "at most 5 --run")):
-        count = 1 if spec == "resnet" else 6
+    for spec, message in (("resnet", "the family must be one of"), ("KERAS_BACKEND=jax", "the family must be one of"), ("cnn", "at most 5 --run")):
+        count = 6 if spec == "cnn" else 1
         refused = subprocess.run([sys.executable, "-m", "bench.gpu_session", "--out", str(tmp_path / "no"), *["--run", spec] * count], cwd=PROJECT, capture_output=True, text=True, check=False)
         assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "no").exists()
 

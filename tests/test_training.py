@@ -33,6 +33,7 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["family"] == family and config["seed"] == 0 and config["epochs"] == 1
     assert (config["rotation_range"], config["width_shift_range"]) == ((5.0, 0.05) if family == "dnn" else (10.0, 0.1))
+    assert config["mixed_precision"] == ("off" if family == "dnn" else "auto")
     assert config["versions"]["backend"] == "tensorflow" and config["versions"]["keras"] == keras.__version__
     assert len(config["data_digest"]) == 32
     metrics = json.loads((run_dir / "metrics.json").read_text())
