@@ -143,16 +143,13 @@ def build_mobilenet(
     stages=MOBILENET_STAGES,
     blocks_per_stage=2,
     dropout=0.1,
-    head="average",
     name="mobilenet",
 ):
     """Residual depthwise-separable network in mini-Xception's layout, at 59,607 parameters.
 
     A stem of 3x3 convolutions, then per stage `blocks_per_stage` separable blocks and a
     3x3/2 MaxPool, added to a shortcut (2x2 AvgPool -> 1x1 conv -> BN); global average
-    pooling (or, with head="depthwise", MobileFaceNet's global depthwise convolution: one
-    learned weight per position of the last feature map, since faces are aligned and where a
-    feature fires matters) and one Dense layer. Spending the parameters on convolutions instead of a wide
+    pooling and one Dense layer. Spending the parameters on convolutions instead of a wide
     Dense head is what lifts it above the HW8 network. The shortcut pools before its 1x1
     convolution because a strided 1x1 convolution corrupts memory in the backward pass of TF
     2.21's oneDNN CPU kernels (oneDNN issue 6035). `alpha` scales every width.
@@ -172,12 +169,7 @@ def build_mobilenet(
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"stage{stage}_pool")(x)
         x = layers.Add(name=f"stage{stage}_add")([x, shortcut])
         x = layers.ReLU(name=f"stage{stage}_act")(x)
-    if head == "depthwise":
-        x = layers.DepthwiseConv2D(x.shape[1:3], use_bias=False, name="global_depthwise")(x)
-        x = layers.BatchNormalization(name="global_depthwise_bn")(x)
-        x = layers.Flatten(name="global_flatten")(x)
-    else:
-        x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(inputs, _classifier(x, num_classes), name=name)
 
