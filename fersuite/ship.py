@@ -7,14 +7,15 @@ models/ travels with every run on the GPU machine and stays under 12 MB, so ship
 stored as float16 (half the bytes; Keras loads them back into float32 variables, and the
 predictions move by about 1e-3). --int8 also quantizes Dense kernels with Keras's int8
 quantization and convolution kernels as int8 with a scale per filter (fersuite.quantize): a DNN or
-a CNN, almost all Dense or convolution weights, shrinks to about a quarter of float32.
+a CNN, almost all Dense or convolution weights, shrinks to about a quarter of float32. --int4
+stores the convolution kernels in 4 bits instead (15 levels per filter, two to a byte; Dense
+kernels stay int8), for a CNN about an eighth of float32; it also takes a model shipped with --int8.
 
 A run trained with mixed precision (the default on a GPU) stores layers that compute in float16;
 a shipped model computes in float32, which a CPU runs faster and Keras's int8 quantization needs.
 """
 
 import argparse
-import warnings
 from pathlib import Path
 
 from fersuite import cli
@@ -40,7 +41,7 @@ def float32_model(model):
     return copy
 
 
-def ship(source, destination, force=False, int8=False):
+def ship(source, destination, force=False, int8=False, int4=False):
     """Check the model, then write it lean and in float16; returns the destination's size in bytes."""
     from fersuite.atomic import save_model
     from fersuite.evaluation import load_model
@@ -54,13 +55,10 @@ def ship(source, destination, force=False, int8=False):
         raise UserError(f"{destination.parent}: no such directory")
     model = float32_model(load_model(source))
     parameters = model.count_params()
-    if int8:
-        from fersuite.quantize import quantize_convolutions
+    if int8 or int4:
+        from fersuite.quantize import quantize_convolutions, quantize_dense
 
-        model = quantize_convolutions(model)
-        with warnings.catch_warnings():  # one warning per layer that has nothing to quantize
-            warnings.simplefilter("ignore", UserWarning)
-            model.quantize("int8")
+        model = quantize_dense(quantize_convolutions(model, bits=4 if int4 else 8))
     save_model(model, destination, include_optimizer=False, float16=True)
     return parameters, destination.stat().st_size
 
@@ -70,9 +68,11 @@ def main():
     parser.add_argument("source", help="a run's best.keras")
     parser.add_argument("destination", help="e.g. models/cnn.keras")
     parser.add_argument("--force", action="store_true", help="overwrite an existing destination")
-    parser.add_argument("--int8", action="store_true", help="also store Dense and Conv2D kernels as int8 (about half the float16 size)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--int8", action="store_true", help="also store Dense and Conv2D kernels as int8 (about half the float16 size)")
+    precision.add_argument("--int4", action="store_true", help="Dense kernels as int8, Conv2D kernels in 4 bits (a CNN in about a quarter of the float16 size)")
     args = parser.parse_args()
-    parameters, size = ship(args.source, args.destination, args.force, args.int8)
+    parameters, size = ship(args.source, args.destination, args.force, args.int8, args.int4)
     print(f"{args.destination}: {parameters:,} parameters, {size / 1e6:.2f} MB")
 
 

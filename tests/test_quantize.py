@@ -1,14 +1,15 @@
-"""Shipping with --int8 stores convolution kernels as int8 and predicts like the float model."""
+"""Shipping with --int8 / --int4 stores convolution kernels in 8 / 4 bits and predicts like the float model."""
 
 import io
 import zipfile
 
 import h5py
 import numpy as np
+import pytest
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, evaluation, models
 from fersuite.atomic import save_model
-from fersuite.quantize import INT8_MAX, Int8Conv2D, quantize_convolutions
+from fersuite.quantize import INT4_MAX, INT8_MAX, Int4Conv2D, Int8Conv2D, quantize_convolutions
 from fersuite.ship import ship
 
 
@@ -33,17 +34,21 @@ def small_cnn():
     return model
 
 
-def test_each_kernel_is_within_half_a_step_of_the_float_one():
+@pytest.mark.parametrize("bits,layer_class,levels", [(8, Int8Conv2D, INT8_MAX), (4, Int4Conv2D, INT4_MAX)])
+def test_each_kernel_is_within_half_a_step_of_the_float_one(bits, layer_class, levels):
     model = small_cnn()
-    quantized = quantize_convolutions(model)
+    quantized = quantize_convolutions(model, bits)
     for layer in quantized.layers:
         if isinstance(layer, Int8Conv2D):
+            assert type(layer) is layer_class
             original = model.get_layer(layer.name)
             kernel, scale = np.asarray(layer.kernel), np.asarray(layer.kernel_scale)
             assert np.abs(kernel - np.asarray(original.kernel)).max(axis=(0, 1, 2)).max() <= (scale / 2).max() + 1e-7
-            assert np.abs(np.asarray(layer.kernel_int8)).max() == INT8_MAX
+            steps = kernel / scale
+            np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+            assert np.abs(np.round(steps)).max() == levels
             np.testing.assert_array_equal(np.asarray(layer.bias), np.asarray(original.bias))
-    assert sum(isinstance(layer, Int8Conv2D) for layer in quantized.layers) == 4
+    assert sum(isinstance(layer, layer_class) for layer in quantized.layers) == 4
 
 
 def test_int8_ship_halves_a_cnn_and_predicts_like_it(tmp_path):
@@ -63,6 +68,29 @@ def test_int8_ship_halves_a_cnn_and_predicts_like_it(tmp_path):
     shipped = evaluation.load_model(quartered).predict(faces, verbose=0)
     np.testing.assert_allclose(shipped, original, atol=2e-2)
     assert (shipped.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.9
+
+
+def test_int4_ship_halves_the_int8_kernels_again_and_also_takes_an_int8_file(tmp_path):
+    source = tmp_path / "best.keras"
+    save_model(small_cnn(), source, include_optimizer=False)
+    eight, four, four_from_eight = tmp_path / "cnn8.keras", tmp_path / "cnn4.keras", tmp_path / "cnn4b.keras"
+    ship(source, eight, int8=True)
+    ship(source, four, int4=True)
+    ship(eight, four_from_eight, int4=True)
+
+    stored_eight, stored_four = stored_variables(eight), stored_variables(four)
+    kernels_eight, kernels_four = ([stored[name][0] for name in sorted(stored) if "conv2d" in name] for stored in (stored_eight, stored_four))
+    assert len(kernels_four) == len(kernels_eight) == 4
+    for (dtype, size), (dtype_eight, size_eight) in zip(kernels_four, kernels_eight):
+        assert (dtype, dtype_eight) == ("uint8", "int8") and size == (size_eight + 1) // 2
+    assert "int8" in {dtype for name, stored in stored_four.items() if name.startswith("dense") for dtype, _ in stored}
+
+    faces = np.random.default_rng(1).integers(0, 256, (16, 48, 48, 1)).astype("float32")
+    original = evaluation.load_model(source).predict(faces, verbose=0)
+    for path in (four, four_from_eight):
+        shipped = evaluation.load_model(path).predict(faces, verbose=0)
+        np.testing.assert_allclose(shipped, original, atol=5e-2)
+        assert (shipped.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.8
 
 
 def test_a_mixed_precision_model_ships_in_float32(tmp_path):
