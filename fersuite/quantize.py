@@ -4,7 +4,7 @@ Keras's own int8 quantization covers Dense layers only, and also quantizes their
 CNN's weights are almost all convolution kernels, so `Int8Conv2D` keeps each kernel as int8
 with one float scale per output filter and turns it back into floats on each call: the file
 halves against float16 while the activations stay in float, as they were in training.
-`Int4Conv2D` keeps 15 levels per filter, two to a byte, which halves it again: three 5.9M CNNs
+`Int4Conv2D` keeps 15 levels per filter, two to a byte, which halves it again: two 5.9M CNNs
 then fit in models/ beside the MobileNet and the DNN.
 """
 
