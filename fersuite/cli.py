@@ -87,6 +87,7 @@ def training_parser(description, defaults):
     optimization.add_argument("--warmup-epochs", type=int, default=defaults.get("warmup_epochs", 0), help="linear warm-up before cosine decay (default: %(default)s)")
     optimization.add_argument("--patience", type=int, default=defaults.get("patience", 0), help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)")
     optimization.add_argument("--label-smoothing", type=fraction, default=defaults.get("label_smoothing", 0.0), help="(default: %(default)s)")
+    optimization.add_argument("--ema", type=fraction, default=defaults.get("ema", 0.0), metavar="MOMENTUM", help="validate and keep the best of an exponential moving average of the weights (Polyak averaging), updated each step with this momentum; 0 = off, 0.999 averages about the last 1,000 steps (default: %(default)s)")
     optimization.add_argument("--class-weight", choices=("none", "balanced"), default="none", help="balanced up-weights rare classes such as Disgust (default: %(default)s)")
     optimization.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=defaults.get("mixed_precision", "auto"), help="float16 compute; auto = on when a GPU is present (default: %(default)s)")
     optimization.add_argument("--seed", type=int, default=0, help="initial weights, augmentation and shuffling; models trained with different seeds make an ensemble (default: %(default)s)")

@@ -9,6 +9,7 @@ A run directory holds
   confusion_matrix.csv best.keras on the validation split
 """
 
+import contextlib
 import json
 import math
 import sys
@@ -71,6 +72,8 @@ def check_config(config):
         raise UserError(f"--resume-every must be 0 (every epoch) or positive seconds, got {config['resume_every']}")
     if config.get("time_budget", 0.0) < 0:
         raise UserError(f"--time-budget must be 0 (none) or positive minutes, got {config['time_budget']}")
+    if not 0 <= config.get("ema", 0.0) < 1:
+        raise UserError(f"--ema must be in [0, 1), got {config['ema']}")
     if config.get("teacher_temperature", 1.0) <= 0:
         raise UserError(f"--teacher-temperature must be positive, got {config['teacher_temperature']}")
 
@@ -87,11 +90,34 @@ def build_optimizer(config, steps_per_epoch):
             warmup_target=config["lr"] if warmup else None,
             warmup_steps=warmup,
         )
+    average = {"use_ema": config.get("ema", 0.0) > 0, "ema_momentum": config.get("ema") or 0.99}
     if config["optimizer"] == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None, **average)
     if config["optimizer"] == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"] or 1e-4)
-    return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"] or 1e-4, **average)
+    return keras.optimizers.Adam(learning_rate, **average)
+
+
+@contextlib.contextmanager
+def averaged_weights(model):
+    """With --ema, the optimizer's moving average of the weights in their place (what validation
+    scored; keras.callbacks.SwapEMAWeights swaps it in around each evaluation), then the weights back.
+
+    A per-step average smooths the noise of the last steps' updates, on FER2013's noisy labels too.
+    When fit ends Keras writes the average into the weights, so a last.keras saved then holds it."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if not getattr(optimizer, "use_ema", False):
+        yield
+        return
+    pairs = list(zip(optimizer._trainable_variables, optimizer._model_variables_moving_average))
+    weights = [keras.ops.convert_to_numpy(variable) for variable, _ in pairs]
+    for variable, average in pairs:
+        variable.assign(average)
+    try:
+        yield
+    finally:
+        for (variable, _), value in zip(pairs, weights):
+            variable.assign(value)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -131,7 +157,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         score = logs.get(MONITOR, -math.inf)
         if score > self.best:
             self.best = score
-            save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
+            with averaged_weights(self.model):
+                save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
         if time.perf_counter() - self._saved_at >= self.resume_every:
             self.save_resume_state(epoch + 1)
 
@@ -238,6 +265,8 @@ class StopOnNaN(keras.callbacks.Callback):
 
 def _callbacks(config, checkpoint):
     callbacks = [StopOnNaN()]
+    if config.get("ema"):
+        callbacks.append(keras.callbacks.SwapEMAWeights())
     if config["schedule"] == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(

@@ -224,6 +224,7 @@ FLAG_CASES = [
     ("train_cnn", ["--mixup", "-0.2"], "--mixup"),
     ("train_mobilenet", ["--resume-every", "-1"], "--resume-every"),
     ("train_cnn", ["--time-budget", "-1"], "--time-budget"),
+    ("train_mobilenet", ["--ema", "1"], "--ema"),
 ]
 
 

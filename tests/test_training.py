@@ -16,6 +16,7 @@ from conftest import PROJECT, labeled_rows, only_run, run_script, run_under_jax,
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, models, training
 from fersuite.augment import MixUpBatches, full_batch_order
+from fersuite.data import load_splits
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
@@ -271,6 +272,49 @@ def train_until_nan(data, runs):
     assert json.loads((run_dir / "state.json").read_text())["epochs_done"] == 1
 
 
+def train_with_ema(data, runs):
+    """A tiny DNN with --ema 0.9 for 3 epochs: validation scores the averaged weights (not the ones
+    the last step left), best.keras holds what scored best, and last.keras the weights to resume."""
+    from train_dnn import build_network
+
+    config = {**_tiny_config(data, runs, epochs=3), "ema": 0.9, "dropout": 0.1}
+    run_dir = training.train("dnn", config, build_network)
+    history = pd.read_csv(run_dir / "history.csv")
+    validation = load_splits(data, config["val_split"], config["split_seed"])["validation"]
+    targets = np.eye(NUM_CLASSES, dtype="float32")[validation.labels]
+
+    def validation_loss(model):
+        model.compile(loss="categorical_crossentropy")
+        return model.evaluate(validation.pixels, targets, verbose=0, return_dict=True)["loss"]
+
+    last = keras.saving.load_model(run_dir / "last.keras")
+    weights = [variable.numpy() for variable in last.trainable_variables]
+    with training.averaged_weights(last):
+        averaged = [variable.numpy() for variable in last.trainable_variables]
+    assert max(np.abs(a - b).max() for a, b in zip(weights, averaged)) > 1e-4
+    for variable, value in zip(last.trainable_variables, averaged):
+        variable.assign(value)
+    assert validation_loss(last) == pytest.approx(history["val_loss"].iloc[-1], rel=1e-4)
+    best = history.loc[history["val_accuracy"].idxmax()]
+    assert validation_loss(load_model(run_dir / "best.keras")) == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_ema_validates_and_keeps_the_averaged_weights(train_csv, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT))
+    train_with_ema(train_csv, tmp_path / "runs")
+
+
+def test_ema_under_jax(train_csv, tmp_path):
+    """JAX's fit keeps the weights outside the model during an epoch; the swaps must still land."""
+    script = "\n".join([
+        f"import sys; sys.path[:0] = [{str(PROJECT / 'tests')!r}, {str(PROJECT)!r}]",
+        "import test_training",
+        f"test_training.train_with_ema({str(train_csv)!r}, {str(tmp_path / 'runs')!r})",
+        "print('ok')",
+    ])
+    assert run_under_jax(script).stdout.strip().splitlines()[-1] == "ok"
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(PROJECT))
     train_until_nan(train_csv, tmp_path / "runs")
@@ -284,8 +328,8 @@ import test_training
 from fersuite import backend, training
 assert backend.name() == "jax"
 config = test_training._tiny_config({data!r}, {runs!r}, epochs=5)
-for schedule, patience, budget in (("cosine", 0, 0.0), ("plateau", 3, 5.0)):
-    config.update(schedule=schedule, patience=patience, time_budget=budget)
+for schedule, patience, budget, ema in (("cosine", 0, 0.0, 0.0), ("plateau", 3, 5.0, 0.999)):
+    config.update(schedule=schedule, patience=patience, time_budget=budget, ema=ema)
     callbacks = training._callbacks(config, training.RunCheckpoint({runs!r}))
     assert keras.callbacks.CallbackList(callbacks)._async_train, [type(callback).__name__ for callback in callbacks]
 test_training.train_until_nan({data!r}, {runs!r})
