@@ -90,7 +90,7 @@ def build_optimizer(config, steps_per_epoch):
             warmup_target=config["lr"] if warmup else None,
             warmup_steps=warmup,
         )
-    average = {"use_ema": config.get("ema", 0.0) > 0, "ema_momentum": config.get("ema") or 0.99}
+    average = {"use_ema": True, "ema_momentum": config["ema"]} if config.get("ema") else {}
     if config["optimizer"] == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None, **average)
     if config["optimizer"] == "adamw":
@@ -103,8 +103,8 @@ def averaged_weights(model):
     """With --ema, the optimizer's moving average of the weights in their place (what validation
     scored; keras.callbacks.SwapEMAWeights swaps it in around each evaluation), then the weights back.
 
-    A per-step average smooths the noise of the last steps' updates, on FER2013's noisy labels too.
-    When fit ends Keras writes the average into the weights, so a last.keras saved then holds it."""
+    The average smooths the swings of the weights while the learning rate is high; at the end of a
+    short cosine run it trails them (bench/RESULTS.md, session 14), hence off by default. When fit ends Keras writes the average into the weights, so a last.keras saved then holds it."""
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if not getattr(optimizer, "use_ema", False):
         yield
