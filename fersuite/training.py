@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fersuite import EMOTIONS, __version__, backend, evaluation
+from fersuite import EMOTIONS, __version__, backend, evaluation, teachers
 from fersuite.atomic import save_model, write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
@@ -290,13 +290,12 @@ def training_targets(config, pixels, labels):
 
     Soft targets carry what a convolutional teacher knows about similar emotions, which a
     network without convolutions cannot learn from one-hot labels alone. The teachers see each
-    image and its mirror, once, before training."""
+    image and its mirror, once, before training (or come as probabilities saved by fersuite.teachers)."""
     targets = _one_hot(labels)
     if not config.get("teacher"):
         return targets
-    teachers = [evaluation.load_model(path) for path in config["teacher"]]
-    print(f"soft targets from {len(teachers)} teacher(s) on {len(pixels):,} training images")
-    probabilities = evaluation.predict_probabilities(teachers, pixels, tta="flip", verbose=config.get("verbose", 1))
+    print(f"soft targets from {', '.join(map(str, config['teacher']))} on {len(pixels):,} training images")
+    probabilities = teachers.probabilities(config["teacher"], pixels, verbose=config.get("verbose", 1))
     softened = np.power(np.clip(probabilities, 1e-12, 1.0), 1.0 / config["teacher_temperature"])
     softened /= softened.sum(axis=1, keepdims=True)
     weight = config["teacher_weight"]
