@@ -3,8 +3,8 @@
     python -m fersuite.teachers models/cnn.keras models/cnn_dropout.keras --data train.csv.xz --out teachers.npz
 
 A `.npz` written so can stand in for its models in any --teacher list: a run on another machine then
-needs neither the teachers' files nor the minutes their predictions take (five 5.9M CNNs: tens of
-minutes on a 2-core CPU, 0.4 MB of probabilities). Each face is found by a hash of its pixels, so
+needs neither the teachers' files nor the minutes their predictions take (five 5.9M CNNs on the
+28,709 faces of train.csv.xz and their mirrors: 37 minutes on a 2-core CPU, a 0.96 MB file). Each face is found by a hash of its pixels, so
 the file serves any split of the data it was made from, and a face it lacks is an error.
 """
 
@@ -90,6 +90,8 @@ def main(argv=None):
         parser.error("--out must end in .npz")
     if Path(args.out).exists() and not args.force:
         raise UserError(f"{args.out}: already exists; pass --force to overwrite it")
+    if not Path(args.out).parent.is_dir():
+        raise UserError(f"{Path(args.out).parent}: no such directory")
     table = load_table(args.data)
     print(f"{len(args.models)} teacher(s) on {len(table.pixels):,} faces and their mirrors")
     mean = probabilities(args.models, table.pixels, verbose=1)

@@ -51,6 +51,8 @@ def test_a_saved_file_refuses_faces_it_has_not_seen(two_teachers, train_csv, tmp
         teachers.probabilities([str(tmp_path / "junk.npz")], other.pixels)
     with pytest.raises(UserError, match="already exists"):
         save_teachers(two_teachers[:1], train_csv, saved)
+    with pytest.raises(UserError, match="no such directory"):
+        save_teachers(two_teachers[:1], train_csv, tmp_path / "missing" / "teachers.npz")
 
 
 def test_distilled_training_from_a_saved_file(two_teachers, train_csv, tmp_path):
