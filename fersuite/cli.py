@@ -93,7 +93,7 @@ def training_parser(description, defaults):
     optimization.add_argument("--seed", type=int, default=0, help="initial weights, augmentation and shuffling; models trained with different seeds make an ensemble (default: %(default)s)")
 
     distillation = parser.add_argument_group("distillation (soft targets from trained models)")
-    distillation.add_argument("--teacher", action="append", default=None, metavar="MODEL", help=".keras model whose predictions on the training images become soft targets; repeat for an ensemble. It must have been trained with the same --data, --val-split and --split-seed, or validation accuracy is inflated")
+    distillation.add_argument("--teacher", action="append", default=None, metavar="MODEL", help=".keras model whose predictions on the training images become soft targets, or a .npz of them saved by python -m fersuite.teachers; repeat for an ensemble. It must have been trained with the same --data, --val-split and --split-seed, or validation accuracy is inflated")
     distillation.add_argument("--teacher-weight", type=fraction, default=defaults.get("teacher_weight", 0.5), help="share of the target taken from the teachers; the rest is the one-hot label (default: %(default)s)")
     distillation.add_argument("--teacher-temperature", type=float, default=defaults.get("teacher_temperature", 1.0), help="above 1 softens the teachers' probabilities (default: %(default)s)")
 

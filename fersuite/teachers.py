@@ -4,8 +4,9 @@
 
 A `.npz` written so can stand in for its models in any --teacher list: a run on another machine then
 needs neither the teachers' files nor the minutes their predictions take (five 5.9M CNNs on the
-28,709 faces of train.csv.xz and their mirrors: 37 minutes on a 2-core CPU, a 0.96 MB file). Each face is found by a hash of its pixels, so
-the file serves any split of the data it was made from, and a face it lacks is an error.
+28,709 faces of train.csv.xz and their mirrors: 37 minutes on a 2-core CPU, a 0.96 MB file). Each
+face is found by a hash of its pixels, so the file serves any split of the data it was made from,
+and a face it lacks is an error.
 """
 
 import argparse
