@@ -38,7 +38,6 @@ def save(path, pixels, probabilities, sources):
             keys=face_keys(pixels),
             probabilities=probabilities.astype("float32"),
             sources=np.array([str(source) for source in sources]),
-            tta=np.array(TTA),
         )
 
 
@@ -69,11 +68,11 @@ def probabilities(paths, pixels, verbose=0):
     """The teachers' mean probabilities for each face and its mirror; a saved file counts as the
     models it averaged, so `a.keras b.keras` and a file made from them give the same targets."""
     total, models = np.zeros((len(pixels), len(EMOTIONS))), 0
-    for path in paths:
-        if str(path).endswith(".npz"):
-            saved, count = saved_probabilities(path, pixels)
-            total, models = total + saved * count, models + count
-    networks = [evaluation.load_model(path) for path in paths if not str(path).endswith(".npz")]
+    files = [path for path in paths if str(path).endswith(".npz")]
+    for path in files:
+        saved, count = saved_probabilities(path, pixels)
+        total, models = total + saved * count, models + count
+    networks = [evaluation.load_model(path) for path in paths if path not in files]
     if networks:
         mean = evaluation.predict_probabilities(networks, pixels, tta=TTA, verbose=verbose)
         total, models = total + mean * len(networks), models + len(networks)
