@@ -122,7 +122,7 @@ def main():
 
     table = data.load_table(args.data)
     rows = table.usage != "Training" if table.layout == "fer2013" else slice(None)
-    probabilities = evaluation.predict_probabilities(models, table.pixels[rows], args.tta, args.batch_size, verbose=1)
+    probabilities = evaluation.predict_probabilities(models, table.pixels[rows], args.tta, args.batch_size, verbose=1, names=paths)
     if table.layout == "fer2013":
         for usage, label in (("PublicTest", "public"), ("PrivateTest", "private")):
             chosen = table.usage[rows] == usage

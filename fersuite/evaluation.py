@@ -44,14 +44,17 @@ def tta_views(pixels, tta="none"):
     return views
 
 
-def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0):
+def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0, names=None):
     """Mean softmax over models and TTA views: the ensemble's class probabilities.
 
-    The views go through each model as one stacked array: one progress bar per model, not per view."""
+    The views go through each model as one stacked array: one progress bar per model, not per view,
+    headed (verbose) by the model's name in `names` so that a user sees which of an ensemble runs."""
     views = tta_views(pixels, tta)
     stacked = np.concatenate(views).astype("float32")
     total = np.zeros((len(views), len(pixels), len(EMOTIONS)), dtype=np.float64)
-    for model in models:
+    for number, model in enumerate(models):
+        if verbose:
+            print(f"{names[number] if names else model.name} ({number + 1} of {len(models)}): {len(stacked):,} views", flush=True)
         if len(stacked) <= batch_size:  # predict() costs tens of ms per call before any work
             outputs = np.asarray(model.predict_on_batch(stacked))
         else:

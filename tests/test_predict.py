@@ -48,11 +48,12 @@ def test_fer2013_prints_public_and_private_accuracy(trained_model, fer2013_csv, 
 
 
 def test_ensemble_with_crops_averages_probabilities(trained_model, test_csv, tmp_path):
-    run_script(
+    result = run_script(
         "predict.py", "--model", trained_model, "--model", trained_model, "--tta", "crops",
         "--data", test_csv, "--out", tmp_path / "s.csv", check=True,
     )
     assert len(pd.read_csv(tmp_path / "s.csv")) == 12
+    assert f"{trained_model} (1 of 2): 72 views" in result.stdout and f"{trained_model} (2 of 2)" in result.stdout
 
 
 def test_tta_views_and_average():
