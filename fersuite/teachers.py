@@ -72,9 +72,10 @@ def probabilities(paths, pixels, verbose=0):
     for path in files:
         saved, count = saved_probabilities(path, pixels)
         total, models = total + saved * count, models + count
-    networks = [evaluation.load_model(path) for path in paths if path not in files]
+    network_paths = [path for path in paths if path not in files]
+    networks = [evaluation.load_model(path) for path in network_paths]
     if networks:
-        mean = evaluation.predict_probabilities(networks, pixels, tta=TTA, verbose=verbose)
+        mean = evaluation.predict_probabilities(networks, pixels, tta=TTA, verbose=verbose, names=network_paths)
         total, models = total + mean * len(networks), models + len(networks)
     return total / models
 
