@@ -78,7 +78,7 @@ def training_parser(description, defaults):
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="(default: %(default)s)")
-    optimization.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES", help="stop before this many minutes of training, with the cosine schedule spread over them (or over --epochs, if they end first); for a fixed GPU slot. 0 = none (default: %(default)s)")
+    optimization.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES", help="stop before this many minutes from the start (data loading and --teacher predictions included), with the cosine schedule spread over them (or over --epochs, if they end first); for a fixed GPU slot. 0 = none (default: %(default)s)")
     optimization.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)")
     optimization.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=defaults.get("optimizer", "adam"), help="sgd is Nesterov momentum 0.9 (default: %(default)s)")
     optimization.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)")

@@ -199,25 +199,26 @@ class TimeBudget(keras.callbacks.Callback):
     """--time-budget: end before the budget runs out, on a learning rate decayed over that time.
 
     A fixed slot on a GPU (or a CPU night) then gives the most epochs it can hold, whatever the
-    chip's speed, and still finishes the cosine schedule. Time is wall time, checkpoints
-    included, so the run ends when asked; the schedule follows the epochs done against the epochs
-    the rest of the budget holds at the steady pace, so the first epoch's compilation does not
-    eat into the decay. A resumed run counts its earlier epochs' seconds. The rate depends on
-    measured time, so such a run is not exactly reproducible."""
+    chip's speed, and still finishes the cosine schedule. Time is wall time from `started` (when
+    the run began loading its data: the teachers' predictions and checkpoints count too), so the
+    run ends when asked; the schedule follows the epochs done against the epochs the rest of the
+    budget holds at the steady pace, so the first epoch's compilation does not eat into the
+    decay. A resumed run counts its earlier epochs' seconds. The rate depends on measured time, so
+    such a run is not exactly reproducible."""
 
-    def __init__(self, config, checkpoint):
+    def __init__(self, config, checkpoint, started=None):
         super().__init__()
         self.budget = config["time_budget"] * 60
         self.config = config
         self.earlier = sum(row["seconds"] for row in checkpoint.rows)
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started
         self.durations = []
 
     def spent(self):
         return self.earlier + time.perf_counter() - self.started
 
     def on_train_begin(self, logs=None):
-        self.started = self._last_end = time.perf_counter()
+        self._last_end = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.config["schedule"] == "cosine":
@@ -263,7 +264,7 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _callbacks(config, checkpoint):
+def _callbacks(config, checkpoint, started=None):
     callbacks = [StopOnNaN()]
     if config.get("ema"):
         callbacks.append(keras.callbacks.SwapEMAWeights())
@@ -277,7 +278,7 @@ def _callbacks(config, checkpoint):
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1))
     callbacks.append(checkpoint)
     if config.get("time_budget"):
-        callbacks.append(TimeBudget(config, checkpoint))
+        callbacks.append(TimeBudget(config, checkpoint, started))
     return callbacks
 
 
@@ -379,6 +380,7 @@ def _resume_state(run_dir):
 
 def train(family, config, build_network, resume=None):
     """Train one model; returns the run directory. config: the script's flags as a dict."""
+    launched = time.perf_counter()
     if resume:
         config, state, history = _resume_state(resume)
         run_dir = Path(resume)
@@ -431,7 +433,7 @@ def train(family, config, build_network, resume=None):
             epochs=config["epochs"],
             initial_epoch=state["epochs_done"],
             validation_data=(validation.pixels, _one_hot(validation.labels)),
-            callbacks=_callbacks(config, checkpoint),
+            callbacks=_callbacks(config, checkpoint, launched),
             verbose=config.get("verbose", 1),
         )
     except KeyboardInterrupt:

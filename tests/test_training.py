@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -382,6 +383,19 @@ def test_budget_schedule_is_not_thrown_by_a_slow_compiling_first_epoch():
     progress = training.budget_progress(len(durations), seconds_left, training.epoch_pace(durations))
     assert progress == pytest.approx(4 / (4 + seconds_left)) and progress < 0.04
     assert training.budget_progress(100, 0.5, 1.0) > 0.99 and training.budget_progress(100, -3.0, 1.0) == 1.0
+
+
+def test_time_budget_counts_the_minutes_before_fit(tmp_path):
+    """Teachers' predictions took about a minute before a GPU session's distilled run began to fit;
+    its budget must include them, or that run outlasts the others and the 10-minute command."""
+    config = {"time_budget": 1.0, "schedule": "constant", "lr": 1e-3, "warmup_epochs": 0, "epochs": 100}
+    late, fresh = (training.TimeBudget(config, training.RunCheckpoint(tmp_path), started) for started in (time.perf_counter() - 61, None))
+    for budget in (late, fresh):
+        budget.set_model(types.SimpleNamespace(stop_training=False))
+        budget.on_train_begin()
+        budget.on_epoch_end(0)
+    assert late.model.stop_training and not fresh.model.stop_training
+    assert 61 <= late.spent() < 62 and fresh.spent() < 1
 
 
 def test_time_budget_ends_the_run_before_its_epochs(train_csv, tmp_path):
