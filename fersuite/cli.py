@@ -1,6 +1,8 @@
 """Flags shared by the training scripts, and the wrapper that turns a UserError into one line."""
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -21,8 +23,42 @@ def run(main):
 
 
 def quiet_backend_logs():
-    """TensorFlow's start-up chatter hides the one line a user needs to read."""
+    """TensorFlow's start-up chatter hides the one line a user needs to read.
+
+    TF_CPP_MIN_LOG_LEVEL quiets most of it, but TensorFlow 2.21 prints its oneDNN notice from C++
+    before that level applies (four lines on stderr above any error); so TensorFlow, where it is
+    installed, is imported when Keras first is, with the process's native stderr pointed at
+    /dev/null. On every backend: Keras's set_random_seed imports TensorFlow too. The scripts call
+    this before parsing flags, and Keras is imported only after, so `--help` stays fast."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    needed = "keras" not in sys.modules and not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
+    if needed:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 to /dev/null: what C++ code writes there is dropped; Python's own
+    tracebacks print after it is restored."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _QuietTensorFlowImport:
+    """An import hook that, the first time `keras` is looked up, imports TensorFlow silenced (Keras
+    then finds it loaded) and steps aside; it never loads anything in Keras's place."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "keras":
+            sys.meta_path.remove(self)
+            with native_stderr_silenced(), contextlib.suppress(ImportError):
+                importlib.import_module("tensorflow")
 
 
 def positive_int(text):
