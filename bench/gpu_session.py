@@ -20,10 +20,11 @@ is an ordinary `train_<family>.py` process with `--time-budget`, which spreads t
 over the minutes given, so the run ends decayed whatever the chip's speed. `--minutes 7` leaves
 about 1.5 minutes for start-up, the confusion matrices and shipping within a 10-minute command.
 
-Into --out (at most 8 files come back from the machine, 16 MiB each, so at most 5 runs):
-`<name>.keras` for each run (shipped: float32 layers, float16 weights, no optimizer; `--int8` for
-int8 kernels), `runs.tar.gz` (each run's config.json, history.csv, metrics.json and
-confusion_matrix.csv), `runs.log` (every run's output, each line prefixed by its run's name and
+Into --out (at most 8 files come back from the machine, 16 MiB each, so at most 5 CNN and DNN
+runs): `<name>.keras` for each CNN and DNN run (shipped: float32 layers, float16 weights, no
+optimizer; `--int8` for int8 kernels), `runs.tar.gz` (each run's config.json, history.csv,
+metrics.json and confusion_matrix.csv, and the MobileNets' shipped `<name>.keras`, 0.1-1.7 MB
+each, so up to 3 MobileNet runs can go beside 5 others), `runs.log` (every run's output, each line prefixed by its run's name and
 written as it comes, so it comes back even from a command stopped at its limit) and
 `summary.json`. A name is the family, numbered from the second run of a family on: cnn, cnn-2, ...
 """
@@ -48,7 +49,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 DEFAULT_DATA = PROJECT / "pack" / "train.npz.xz"
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "confusion_matrix.csv")
-MAX_RUNS = 5  # + runs.tar.gz, runs.log and summary.json = the 8 files that come back
+MAX_FILES = 5  # CNN and DNN models; + runs.tar.gz, runs.log and summary.json = the 8 files that come back
+ARCHIVED = ("mobilenet",)  # families whose shipped models are small enough to travel in runs.tar.gz
+MAX_RUNS = MAX_FILES + 3  # runs beyond 5 share the chip more thinly; 8 is plenty
 # --quick: tiny networks, and mixed precision as on a GPU, so shipping a float16-trained model is tried too.
 QUICK_FLAGS = {
     "cnn": "--filters 4,8 --dense 16",
@@ -63,7 +66,7 @@ def parse_args():
     parser.add_argument("--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)")
     parser.add_argument("--out", required=True, help="folder for what comes back ($OUT on the lent machine)")
     parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)")
-    parser.add_argument("--run", action="append", metavar="'[NAME=value ...] FAMILY [FLAGS]'", help=f"one run: environment settings for it, a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS} (default: cnn and mobilenet)")
+    parser.add_argument("--run", action="append", metavar="'[NAME=value ...] FAMILY [FLAGS]'", help=f"one run: environment settings for it, a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS}, {MAX_FILES} of them CNN or DNN (default: cnn and mobilenet)")
     parser.add_argument("--int8", action="store_true", help="ship int8 kernels (fersuite.ship --int8)")
     parser.add_argument("--threshold", type=float, default=0.70, help="report the minutes each run took to reach this val accuracy (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="the bundled sample, tiny networks, 0.05 minutes each")
@@ -75,7 +78,7 @@ def parse_args():
 def named_runs(specs, parser):
     """{name: (family, flags, environment)} in the order given; the second cnn is cnn-2, and so on."""
     if len(specs) > MAX_RUNS:
-        parser.error(f"at most {MAX_RUNS} --run: only 8 files come back from the machine")
+        parser.error(f"at most {MAX_RUNS} --run")
     runs, counts = {}, {}
     for spec in specs:
         words = spec.split()
@@ -86,6 +89,8 @@ def named_runs(specs, parser):
         counts[family] = counts.get(family, 0) + 1
         environment = dict(setting.split("=", 1) for setting in settings)
         runs[family if counts[family] == 1 else f"{family}-{counts[family]}"] = (family, flags, environment)
+    if sum(count for family, count in counts.items() if family not in ARCHIVED) > MAX_FILES:
+        parser.error(f"at most {MAX_FILES} CNN and DNN --run: each model comes back as its own file, and only 8 files come back from the machine")
     return runs
 
 
@@ -115,8 +120,10 @@ def newest_run(runs_dir):
 
 
 def ship(run_dir, destination, int8):
+    """Start shipping one run's best model; the runs ship side by side, as each takes seconds of
+    start-up and loading that would add up inside the command's 10 minutes."""
     line = [sys.executable, "-m", "fersuite.ship", str(run_dir / "best.keras"), str(destination), "--force", *(["--int8"] if int8 else [])]
-    subprocess.run(line, cwd=PROJECT, check=True)
+    return subprocess.Popen(line, cwd=PROJECT)
 
 
 def summarise(name, family, flags, environment, run_dir, threshold, returncode):
@@ -138,13 +145,16 @@ def summarise(name, family, flags, environment, run_dir, threshold, returncode):
     return row
 
 
-def pack(runs, out):
-    """Each run's small files in one archive: at most 8 files come back from the machine."""
+def pack(runs, models, out):
+    """Each run's small files and the small shipped models in one archive: at most 8 files come
+    back from the machine."""
     with tarfile.open(out / "runs.tar.gz", "w:gz") as archive:
         for name, run_dir in runs.items():
             for file_name in RUN_FILES:
                 if run_dir is not None and (run_dir / file_name).is_file():
                     archive.add(run_dir / file_name, arcname=f"{name}/{run_dir.name}/{file_name}")
+        for model in models:
+            archive.add(model, arcname=model.name)
 
 
 def main():
@@ -166,12 +176,14 @@ def main():
             codes[name] = process.wait()
             reader.join()
     runs = {name: newest_run(runs_dir / name) for name in args.runs}
-    rows = []
-    for name, run in args.runs.items():
-        if codes[name] == 0:
-            ship(runs[name], out / f"{name}.keras", args.int8)
-        rows.append(summarise(name, *run, runs[name], args.threshold, codes[name]))
-    pack(runs, out)
+    destinations = {name: (runs_dir if family in ARCHIVED else out) / f"{name}.keras" for name, (family, *_) in args.runs.items()}
+    shipping = {name: ship(runs[name], destinations[name], args.int8) for name in args.runs if codes[name] == 0}
+    shipped = {name: process.wait() == 0 for name, process in shipping.items()}
+    rows = [
+        {**summarise(name, *run, runs[name], args.threshold, codes[name]), "shipped": shipped.get(name, False)}
+        for name, run in args.runs.items()
+    ]
+    pack(runs, [destinations[name] for name, done in shipped.items() if done and args.runs[name][0] in ARCHIVED], out)
     summary = {
         "gpu": gpu_name(),
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -181,8 +193,8 @@ def main():
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    if any(codes.values()):
-        raise SystemExit(f"a run failed: {codes}; see {out / 'runs.log'}")
+    if any(codes.values()) or not all(shipped.values()):
+        raise SystemExit(f"a run failed: {codes}, shipped: {shipped}; see {out / 'runs.log'}")
 
 
 if __name__ == "__main__":

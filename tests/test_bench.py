@@ -36,28 +36,31 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
     result = subprocess.run(line, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     names = ["cnn", "mobilenet", "cnn-2"]
-    assert sorted(path.name for path in out.iterdir()) == sorted([f"{name}.keras" for name in names] + ["runs.log", "runs.tar.gz", "summary.json"])
+    assert sorted(path.name for path in out.iterdir()) == ["cnn-2.keras", "cnn.keras", "runs.log", "runs.tar.gz", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert [row["name"] for row in summary["runs"]] == names and summary["runs"][2]["flags"].endswith("--seed 1")
     assert summary["runs"][2]["environment"] == {"KERAS_BACKEND": "jax"} and summary["runs"][0]["environment"] == {}
     backends = {path.parent.parent.name: json.loads(path.read_text())["versions"]["backend"] for path in (tmp_path / "runs").glob("*/*/*/config.json")}
     assert backends == {"cnn": "tensorflow", "mobilenet": "tensorflow", "cnn-2": "jax"}
     for row in summary["runs"]:
-        assert row["returncode"] == 0 and row["epochs"] >= 1 and 0 <= row["best_val_accuracy"] <= 1
+        assert row["returncode"] == 0 and row["shipped"] and row["epochs"] >= 1 and 0 <= row["best_val_accuracy"] <= 1
     log = (out / "runs.log").read_text()
     assert all(f"[{name}] best validation accuracy" in log for name in names)
     with tarfile.open(out / "runs.tar.gz") as archive:
         packed = archive.getnames()
-    assert sum(name.endswith("/history.csv") for name in packed) == 3 and len(packed) == 12
+        archive.extract("mobilenet.keras", tmp_path / "back", filter="data")
+    assert sum(name.endswith("/history.csv") for name in packed) == 3 and len(packed) == 13
 
     from fersuite.evaluation import load_model
 
     shipped = load_model(out / "cnn.keras")  # trained under mixed_float16, as on a GPU
     assert shipped.get_layer("block1_conv1").__class__.__name__ == "Int8Conv2D"
     assert {layer.compute_dtype for layer in shipped.layers} == {"float32"}
+    mobilenet = load_model(tmp_path / "back" / "mobilenet.keras")  # came back inside runs.tar.gz
+    assert mobilenet.name == "mobilenet" and mobilenet.output_shape == (None, 7)
 
-    for spec, message in (("resnet", "the family must be one of"), ("KERAS_BACKEND=jax", "the family must be one of"), ("cnn", "at most 5 --run")):
-        count = 6 if spec == "cnn" else 1
+    refusals = (("resnet", 1, "the family must be one of"), ("KERAS_BACKEND=jax", 1, "the family must be one of"), ("dnn", 6, "at most 5 CNN and DNN --run"), ("mobilenet", 9, "at most 8 --run"))
+    for spec, count, message in refusals:
         refused = subprocess.run([sys.executable, "-m", "bench.gpu_session", "--out", str(tmp_path / "no"), *["--run", spec] * count], cwd=PROJECT, capture_output=True, text=True, check=False)
         assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "no").exists()
 
