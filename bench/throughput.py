@@ -8,7 +8,8 @@ against a plain-Keras reference measured in the same run.
 Families are built as train_*.py builds them: the 5.9M-parameter CNN, the DNN sized to the
 CNN's parameter count (fersuite.models.dnn_units_for_budget) and MobileNet alpha 1.0, each with
 the suite's preprocessing (RandomAffine with the training defaults, Rescaling) and fed uint8
-NumPy arrays in batches of 128. The reference is the same CNN network without preprocessing
+NumPy arrays in batches of 128; the CNN also with random erasing 0.5 added, as train_cnn.py
+trains it by default since session 17. The reference is the same CNN network without preprocessing
 layers, fitted on a float32 array divided by 255 in NumPy: what a plain `model.fit` costs.
 
 Each figure is model.fit over --warmup + --steps batches of the training CSV, timed over the last
@@ -24,6 +25,8 @@ from fersuite.data import load_table
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
 
 FAMILIES = ("cnn", "dnn", "mobilenet")
+VARIANTS = {"augmented": {"augment": common.AUGMENT}, "not augmented": {}}
+CNN_DEFAULT = {"augmented + erasing": {"augment": common.AUGMENT, "erasing": 0.5}}  # train_cnn.py's default augmentation
 
 
 def build(family, preprocessing, cnn_parameters):
@@ -68,25 +71,24 @@ def main():
 
     measures, parameters = {}, {}
     for family in families:
-        for augmented in (True, False):
-            preprocessing = preprocessing_layers(augment=common.AUGMENT if augmented else None, seed=0)
-            model = build(family, preprocessing, cnn_parameters)
-            measures[family, augmented] = fit(model, pixels)
+        for variant, options in {**VARIANTS, **(CNN_DEFAULT if family == "cnn" else {})}.items():
+            model = build(family, preprocessing_layers(**options, seed=0), cnn_parameters)
+            measures[family, variant] = fit(model, pixels)
             parameters[family] = model.count_params()
     reference = common.compile_like_suite(build_cnn(INPUT_SHAPE, NUM_CLASSES))
-    measures["reference", False] = fit(reference, pixels.astype("float32") / 255.0)
+    measures["reference", "plain x/255"] = fit(reference, pixels.astype("float32") / 255.0)
     parameters["reference"] = reference.count_params()
 
     results = common.interleaved(measures, args.rounds)
-    for (family, augmented), rates in results.items():
-        label = "plain x/255" if family == "reference" else "augmented" if augmented else "not augmented"
-        print(f"  {family:10s} {parameters[family]:>10,} parameters  {label:14s} {common.spread(rates)}")
-    for family in families:
-        print(f"  {family} augmented / not augmented = {common.ratio(results[family, True], results[family, False])}")
+    for (family, variant), rates in results.items():
+        print(f"  {family:10s} {parameters[family]:>10,} parameters  {variant:19s} {common.spread(rates)}")
+    for family, variant in results:
+        if family != "reference" and variant != "not augmented":
+            print(f"  {family} {variant} / not augmented = {common.ratio(results[family, variant], results[family, 'not augmented'])}")
     if "cnn" in families:
-        reference = results["reference", False]
-        print(f"  cnn suite (not augmented) / reference = {common.ratio(results['cnn', False], reference)}")
-        print(f"  cnn suite (augmented) / reference = {common.ratio(results['cnn', True], reference)}")
+        reference = results["reference", "plain x/255"]
+        for variant in ("not augmented", "augmented", *CNN_DEFAULT):
+            print(f"  cnn suite ({variant}) / reference = {common.ratio(results['cnn', variant], reference)}")
     machine.end()
 
 
