@@ -24,9 +24,9 @@ Into --out (at most 8 files come back from the machine, 16 MiB each, so at most 
 runs): `<name>.keras` for each CNN and DNN run (shipped: float32 layers, float16 weights, no
 optimizer; `--int8` for int8 kernels), `runs.tar.gz` (each run's config.json, history.csv,
 metrics.json and confusion_matrix.csv, and the MobileNets' shipped `<name>.keras`, 0.1-1.7 MB
-each, so up to 3 MobileNet runs can go beside 5 others), `runs.log` (every run's output, each line prefixed by its run's name and
-written as it comes, so it comes back even from a command stopped at its limit) and
-`summary.json`. A name is the family, numbered from the second run of a family on: cnn, cnn-2, ...
+each, so up to 3 MobileNet runs can go beside 5 others), `runs.log` (every run's output, each
+line prefixed by its run's name and written as it comes, so it comes back even from a command
+stopped at its limit) and `summary.json`. A name is the family, numbered from the second run of a family on: cnn, cnn-2, ...
 """
 
 import argparse
