@@ -122,3 +122,18 @@ def quantize_dense(model):
         if isinstance(layer, layers.Dense) and layer.dtype_policy.quantization_mode is None:
             layer.quantize("int8")
     return model
+
+
+def float_weights(layer):
+    """A layer's weights as the float layer it was quantized from holds them (kernel, then bias).
+
+    So that `--init-from` can continue training a shipped model: its Conv2D and Dense kernels
+    may be int8 or 4-bit codes times a scale, which a freshly built network cannot take as they are."""
+    if isinstance(layer, Int8Conv2D):
+        kernel = np.asarray(layer.kernel, dtype="float32")
+    elif isinstance(layer, layers.Dense) and layer.dtype_policy.quantization_mode == "int8":
+        kernel = np.asarray(layer._kernel, dtype="float32") / np.asarray(layer.kernel_scale, dtype="float32")
+    else:
+        return layer.get_weights()
+    return [kernel] + ([np.asarray(layer.bias)] if layer.bias is not None else [])
+

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fersuite import EMOTIONS, __version__, backend, evaluation, teachers
+from fersuite import EMOTIONS, __version__, backend, evaluation, quantize, teachers
 from fersuite.atomic import save_model, write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
@@ -350,12 +350,12 @@ def make_model(config, build_network, train_pixels):
 def start_from(model, path):
     """--init-from: copy a trained model's weights into the freshly built one, which must match it."""
     source = evaluation.load_model(path)
-    pairs = list(zip(source.weights, model.weights))
-    differing = [(old, new) for old, new in pairs if tuple(old.shape) != tuple(new.shape)]
-    if differing or len(source.weights) != len(model.weights):
-        where = f"{differing[0][1].path} is {tuple(differing[0][0].shape)} there, {tuple(differing[0][1].shape)} here" if differing else f"{len(source.weights)} weight arrays there, {len(model.weights)} here"
+    source_weights = [weight for layer in source.layers for weight in quantize.float_weights(layer)]
+    differing = [(old, new) for old, new in zip(source_weights, model.weights) if tuple(old.shape) != tuple(new.shape)]
+    if differing or len(source_weights) != len(model.weights):
+        where = f"{differing[0][1].path} is {tuple(differing[0][0].shape)} there, {tuple(differing[0][1].shape)} here" if differing else f"{len(source_weights)} weight arrays there, {len(model.weights)} here"
         raise UserError(f"{path}: its network differs from the one these flags build ({where}); pass the network flags it was trained with")
-    model.set_weights(source.get_weights())
+    model.set_weights(source_weights)
 
 
 def _compile(model, config, steps_per_epoch):

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fersuite import INPUT_SHAPE, NUM_CLASSES, evaluation, models
+from fersuite import INPUT_SHAPE, NUM_CLASSES, evaluation, models, training
 from fersuite.atomic import save_model
 from fersuite.quantize import INT4_MAX, INT8_MAX, Int4Conv2D, Int8Conv2D, quantize_convolutions
 from fersuite.ship import ship
@@ -91,6 +91,23 @@ def test_int4_ship_halves_the_int8_kernels_again_and_also_takes_an_int8_file(tmp
         shipped = evaluation.load_model(path).predict(faces, verbose=0)
         np.testing.assert_allclose(shipped, original, atol=5e-2)
         assert (shipped.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.8
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_init_from_a_shipped_model_continues_from_its_dequantized_weights(tmp_path, bits):
+    """The shipped CNN and DNN hold int8 / 4-bit kernels; --init-from must still take them."""
+    source, shipped = tmp_path / "best.keras", tmp_path / f"cnn{bits}.keras"
+    save_model(small_cnn(), source, include_optimizer=False)
+    ship(source, shipped, int8=bits == 8, int4=bits == 4)
+    fresh = models.build_cnn(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(augment={"rotation_range": 10}), filters=(8, 16), dense=(16,))
+    training.start_from(fresh, shipped)
+
+    assert not any(isinstance(layer, Int8Conv2D) for layer in fresh.layers)
+    faces = np.random.default_rng(1).integers(0, 256, (16, 48, 48, 1)).astype("float32")
+    original = evaluation.load_model(source).predict(faces, verbose=0)
+    continued = fresh.predict(faces, verbose=0)
+    np.testing.assert_allclose(continued, original, atol=5e-2)
+    assert (continued.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.8
 
 
 def test_a_mixed_precision_model_ships_in_float32(tmp_path):
