@@ -1,5 +1,6 @@
 """Inference speed (images/s) of each family along predict.py's path, in batches and one image
-at a time, with and without the mirror-image test-time augmentation (--tta flip).
+at a time, without test-time augmentation, with the mirror image (--tta flip) and with predict.py's
+default, the image and its mirror at three scales (--tta zoom, 6 views).
 
     python -m bench.inference                    # about 2 minutes on 2 idle cores, more when shared
     python -m bench.inference --quick            # smoke run
@@ -14,7 +15,7 @@ not depend on the weights, only on the network.
                batch 256) on --images faces from the test CSV
   single       one face per call, --single-calls calls, three ways: predict_probabilities (what
                predict.py does for one image file), model.predict_on_batch and model(x); with
-               flip, each call runs the model on the face and on its mirror and averages
+               flip or zoom, each call runs the model on each view of the face and averages
 A warm-up call of each kind comes first (tracing). Every figure is the median of --rounds rounds
 in which all of them take turns, so a change in the machine's load falls on all of them.
 """
@@ -33,7 +34,7 @@ from fersuite.evaluation import load_model, predict_probabilities, tta_views
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
 
 FAMILIES = ("cnn", "dnn", "mobilenet")
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "zoom")
 
 
 def saved_and_loaded(family, directory, cnn_parameters):

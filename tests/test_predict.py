@@ -63,6 +63,19 @@ def test_tta_views_and_average():
     np.testing.assert_array_equal(views[1], pixels[:, :, ::-1])
 
 
+def test_zoom_views_bring_the_face_closer_and_farther_and_mirror_each():
+    faces = np.zeros((2, 48, 48, 1), dtype="float32")
+    faces[:, 14:34, 14:34] = 255.0
+    faces[1, :5, :3] = 100.0
+    views = evaluation.tta_views(faces, "zoom")
+    assert len(views) == 6 and all(view.shape == faces.shape for view in views)
+    np.testing.assert_array_equal(views[1], faces[:, :, ::-1])
+    bright = [int((view[0] > 128).sum()) for view in views]
+    assert bright[0] == bright[1] == 400 and bright[2] == bright[3] > 440 and bright[4] == bright[5] < 360
+    np.testing.assert_array_equal(views[3], views[2][:, :, ::-1])
+    np.testing.assert_allclose(evaluation.zoomed(faces, 1.0), faces)
+
+
 def test_image_files_are_classified(trained_model, tmp_path):
     from PIL import Image
 
@@ -147,4 +160,4 @@ def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path, monkeyp
     assert len(scores) == 2 and np.mean(scores) > 0.4  # 70 held-out faces; an untrained MobileNet scores 0.13
     assert len(pd.read_csv(out)) == 70
     models = " + ".join(str(PROJECT / "models" / name) for name in DEFAULT_ENSEMBLE)
-    assert f"models {models}, tta flip" in result.stderr
+    assert f"models {models}, tta zoom" in result.stderr
