@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -29,8 +30,11 @@ def quiet_backend_logs():
     before that level applies (four lines on stderr above any error); so TensorFlow, where it is
     installed, is imported when Keras first is, with the process's native stderr pointed at
     /dev/null. On every backend: Keras's set_random_seed imports TensorFlow too. The scripts call
-    this before parsing flags, and Keras is imported only after, so `--help` stays fast."""
+    this before parsing flags, and Keras is imported only after, so `--help` stays fast.
+    TensorFlow's Python warnings go too (a 12-line retracing warning when an ensemble's models
+    each trace their predict step); its errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     needed = "keras" not in sys.modules and not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
     if needed:
         sys.meta_path.insert(0, _QuietTensorFlowImport())

@@ -161,3 +161,4 @@ def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path, monkeyp
     assert len(pd.read_csv(out)) == 70
     models = " + ".join(str(PROJECT / "models" / name) for name in DEFAULT_ENSEMBLE)
     assert f"models {models}, tta zoom" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # no TensorFlow retracing warning from the four predict steps
