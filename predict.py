@@ -38,7 +38,7 @@ def parse_args():
     parser.add_argument("--data", help="CSV to predict: test.csv (id,feature), fer2013.csv or a labeled train.csv")
     parser.add_argument("--out", default="submission.csv", help="submission file (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
-    parser.add_argument("--tta", choices=TTA_CHOICES, default="zoom", help="test-time augmentation: average over the mirror image (flip), + 4 shifted crops (crops), or the image and its mirror also 10%% closer and farther (zoom: 6 views, +0.9 points for the shipped ensemble on validation) (default: %(default)s)")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="zoom", help="test-time augmentation, views averaged: flip = the face and its mirror; crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther (6 views; +0.9 points over flip for the shipped ensemble on validation) (default: %(default)s)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     parser.add_argument("--validation", action="store_true", help="score each model and the ensemble on the validation split of a labeled --data; writes no submission")
     parser.add_argument("--val-split", type=cli.open_fraction, default=0.1, help="with --validation: as given to train_*.py (default: %(default)s)")

@@ -132,8 +132,7 @@ def float_weights(layer):
     if isinstance(layer, Int8Conv2D):
         kernel = np.asarray(layer.kernel, dtype="float32")
     elif isinstance(layer, layers.Dense) and layer.dtype_policy.quantization_mode == "int8":
-        kernel = np.asarray(layer._kernel, dtype="float32") / np.asarray(layer.kernel_scale, dtype="float32")
+        kernel = np.asarray(layer.kernel, dtype="float32") / np.asarray(layer.kernel_scale, dtype="float32")  # int8 codes
     else:
         return layer.get_weights()
     return [kernel] + ([np.asarray(layer.bias)] if layer.bias is not None else [])
-
