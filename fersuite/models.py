@@ -124,22 +124,14 @@ def _scaled(channels, alpha):
     return max(1, round(channels * alpha))
 
 
-def _separable(x, width, label, activate=True, activation="relu", kernel_size=3):
-    """MobileNet's block: depthwise kxk -> BN -> act -> pointwise 1x1 -> BN (-> act)."""
-    x = layers.DepthwiseConv2D(kernel_size, padding="same", use_bias=False, name=f"{label}_depthwise")(x)
+def _separable(x, width, label, activate=True):
+    """MobileNet's block: depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN (-> ReLU)."""
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{label}_depthwise")(x)
     x = layers.BatchNormalization(name=f"{label}_depthwise_bn")(x)
-    x = layers.Activation(activation, name=f"{label}_depthwise_act")(x)
+    x = layers.ReLU(name=f"{label}_depthwise_act")(x)
     x = layers.Conv2D(width, 1, use_bias=False, name=f"{label}_pointwise")(x)
     x = layers.BatchNormalization(name=f"{label}_pointwise_bn")(x)
-    return layers.Activation(activation, name=f"{label}_pointwise_act")(x) if activate else x
-
-
-def _squeeze_excite(x, width, reduction, label):
-    """Channel attention: each channel rescaled by a gate computed from all channels' means."""
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{label}_pool")(x)
-    gate = layers.Conv2D(max(1, width // reduction), 1, activation="relu", name=f"{label}_reduce")(gate)
-    gate = layers.Conv2D(width, 1, activation="sigmoid", name=f"{label}_expand")(gate)
-    return layers.Multiply(name=f"{label}_scale")([x, gate])
+    return layers.ReLU(name=f"{label}_pointwise_act")(x) if activate else x
 
 
 def build_mobilenet(
@@ -151,9 +143,6 @@ def build_mobilenet(
     stages=MOBILENET_STAGES,
     blocks_per_stage=2,
     dropout=0.1,
-    activation="relu",
-    kernel_size=3,
-    squeeze_excite=0,
     name="mobilenet",
 ):
     """Residual depthwise-separable network in mini-Xception's layout, at 59,607 parameters.
@@ -169,19 +158,17 @@ def build_mobilenet(
     for index, width in enumerate(stem, start=1):
         x = layers.Conv2D(_scaled(width, alpha), 3, padding="same", use_bias=False, name=f"stem_conv{index}")(x)
         x = layers.BatchNormalization(name=f"stem_bn{index}")(x)
-        x = layers.Activation(activation, name=f"stem_act{index}")(x)
+        x = layers.ReLU(name=f"stem_act{index}")(x)
     for stage, width in enumerate(stages, start=1):
         width = _scaled(width, alpha)
         shortcut = layers.AveragePooling2D(2, name=f"stage{stage}_shortcut_pool")(x)
         shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"stage{stage}_shortcut_conv")(shortcut)
         shortcut = layers.BatchNormalization(name=f"stage{stage}_shortcut_bn")(shortcut)
         for block in range(1, blocks_per_stage + 1):
-            x = _separable(x, width, f"stage{stage}_block{block}", block < blocks_per_stage, activation, kernel_size)
-        if squeeze_excite:
-            x = _squeeze_excite(x, width, squeeze_excite, f"stage{stage}_se")
+            x = _separable(x, width, f"stage{stage}_block{block}", activate=block < blocks_per_stage)
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"stage{stage}_pool")(x)
         x = layers.Add(name=f"stage{stage}_add")([x, shortcut])
-        x = layers.Activation(activation, name=f"stage{stage}_act")(x)
+        x = layers.ReLU(name=f"stage{stage}_act")(x)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(inputs, _classifier(x, num_classes), name=name)
