@@ -88,10 +88,10 @@ def run_script(script, *args, env=None, check=False, **kwargs):
     return result
 
 
-def run_under_jax(script, **env):
-    """Run a Python snippet in a fresh interpreter on the JAX backend (the lent GPU's); its result."""
-    pytest.importorskip("jax")
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", **env}
+def run_under(backend, script, **env):
+    """Run a Python snippet in a fresh interpreter on another Keras backend (JAX: the lent GPU's); its result."""
+    pytest.importorskip(backend)
+    environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
     result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

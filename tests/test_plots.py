@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, labeled_rows, run_under_jax, write_csv
+from conftest import PROJECT, labeled_rows, run_under, write_csv
 from keras import layers
 from PIL import Image
 
@@ -180,24 +180,25 @@ def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, 
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
 
 
-JAX_SCRIPT = """
+OTHER_BACKEND_SCRIPT = """
 import sys
 sys.path[:0] = [{tests!r}, {project!r}]
 import numpy as np
 import test_plots
 from fersuite import backend, plots
-assert backend.name() == "jax"
+assert backend.name() == {backend!r}
 maps = plots.saliency_maps(test_plots.one_pixel_model(5, 7), np.full((2, 48, 48, 1), 9.0), [1, 2])
 assert [list(zip(*np.nonzero(single))) for single in maps] == [[(5, 7)]] * 2, maps.nonzero()
 print(test_plots.make_run({root!r}))
 """
 
 
-def test_a_model_trained_under_jax_plots_under_tensorflow(tmp_path):
-    """The JAX side also checks its input gradients on the one-pixel model."""
-    result = run_under_jax(JAX_SCRIPT.format(tests=str(TESTS), project=str(PROJECT), root=str(tmp_path / "jax")))
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert json.loads((run_dir / "config.json").read_text())["versions"]["backend"] == "jax"
+@pytest.mark.parametrize("other", ["jax", "torch"])
+def test_a_model_trained_under_another_backend_plots_under_tensorflow(tmp_path, other):
+    """The other side also checks its own input gradients on the one-pixel model."""
+    script = OTHER_BACKEND_SCRIPT.format(tests=str(TESTS), project=str(PROJECT), backend=other, root=str(tmp_path / other))
+    run_dir = Path(run_under(other, script).stdout.strip().splitlines()[-1])
+    assert json.loads((run_dir / "config.json").read_text())["versions"]["backend"] == other
     report_main([str(run_dir), "--out", str(tmp_path / "figures"), "--figures", "confusion,saliency,filters", *FAST])
     for name in ("confusion.png", "saliency.png", "filters_block2_conv1.png"):
         assert_nonblank_png(tmp_path / "figures" / run_dir.name / name)

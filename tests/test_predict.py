@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, only_run, run_script, tiny_training_args
+from conftest import PROJECT, only_run, run_script, run_under, tiny_training_args
 
 from fersuite import evaluation
+from fersuite.data import load_table
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,28 @@ def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path, monkeyp
     models = " + ".join(str(PROJECT / "models" / name) for name in DEFAULT_ENSEMBLE)
     assert f"models {models}, tta zoom" in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr  # no TensorFlow retracing warning from the four predict steps
+
+
+SHIPPED_SCRIPT = """
+import sys
+sys.path[:0] = [{project!r}]
+import numpy as np
+from fersuite import backend, evaluation
+assert backend.name() == {backend!r}
+faces = np.load({faces!r})
+models = [evaluation.load_model(path) for path in {paths!r}]
+np.save({out!r}, np.stack([evaluation.predict_probabilities([model], faces, tta="zoom") for model in models]))
+"""
+
+
+@pytest.mark.parametrize("other", ["jax", "torch"])
+def test_shipped_models_give_the_same_probabilities_on_every_backend(tmp_path, other):
+    """The shipped files hold custom 4-bit and int8 layers and the zoom views resample: both must
+    mean the same on JAX (the lent GPU's) and PyTorch as on TensorFlow."""
+    paths = [str(path) for path in sorted((PROJECT / "models").glob("*.keras"))]
+    faces = load_table(PROJECT / "data" / "fer2013_sample.csv.xz", use_cache=False).pixels[:24].astype("float32")
+    np.save(tmp_path / "faces.npy", faces)
+    script = SHIPPED_SCRIPT.format(project=str(PROJECT), backend=other, faces=str(tmp_path / "faces.npy"), paths=paths, out=str(tmp_path / "other.npy"))
+    run_under(other, script)
+    expected = np.stack([evaluation.predict_probabilities([evaluation.load_model(path)], faces, tta="zoom") for path in paths])
+    np.testing.assert_allclose(np.load(tmp_path / "other.npy"), expected, atol=2e-3)  # 6e-4 seen: int8 Dense, float16 weights

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, labeled_rows, only_run, run_script, run_under_jax, tiny_training_args, write_csv
+from conftest import PROJECT, labeled_rows, only_run, run_script, run_under, tiny_training_args, write_csv
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, models, training
 from fersuite.augment import MixUpBatches, full_batch_order
@@ -36,7 +36,7 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert config["family"] == family and config["seed"] == 0 and config["epochs"] == 1
     assert (config["rotation_range"], config["width_shift_range"]) == ((5.0, 0.05) if family == "dnn" else (10.0, 0.1))
     assert config["mixed_precision"] == ("off" if family == "dnn" else "auto")
-    assert config["versions"]["backend"] == "tensorflow" and config["versions"]["keras"] == keras.__version__
+    assert config["versions"]["backend"] == keras.backend.backend() and config["versions"]["keras"] == keras.__version__
     assert len(config["data_digest"]) == 32
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["parameters"] == config["parameters"]
@@ -313,7 +313,7 @@ def test_ema_under_jax(train_csv, tmp_path):
         f"test_training.train_with_ema({str(train_csv)!r}, {str(tmp_path / 'runs')!r})",
         "print('ok')",
     ])
-    assert run_under_jax(script).stdout.strip().splitlines()[-1] == "ok"
+    assert run_under("jax", script).stdout.strip().splitlines()[-1] == "ok"
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_model(train_csv, tmp_path, monkeypatch):
@@ -345,7 +345,7 @@ def test_under_jax_training_compiles_once_never_waits_for_a_step_and_stops_on_na
     dispatches callbacks asynchronously nor recompiles for it, hence the JAX interpreter. The run's
     37 training faces in batches of 16 would leave a last batch of 5."""
     script = JAX_DISPATCH_SCRIPT.format(tests=str(PROJECT / "tests"), project=str(PROJECT), data=str(train_csv), runs=str(tmp_path / "runs"))
-    result = run_under_jax(script, JAX_LOG_COMPILES="1")
+    result = run_under("jax", script, JAX_LOG_COMPILES="1")
     assert result.stdout.strip().splitlines()[-1] == "ok"
     assert len(re.findall(r"Compiling (?:jit\()?train_step\b", result.stderr)) == 1
 
