@@ -12,7 +12,9 @@ A run directory holds
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -264,6 +266,37 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class CtrlC(keras.callbacks.Callback):
+    """Ctrl-C ends the run even when Python drops its KeyboardInterrupt.
+
+    Python raises a signal's KeyboardInterrupt wherever the main thread is; inside a garbage-collector
+    callback (JAX registers one) it is only reported as ignored, and fit went on to its last epoch
+    (seen once under JAX). While the run lasts (`with CtrlC() as ctrl_c:`), the handler also notes
+    the press, and the next training or validation batch raises it again."""
+
+    pressed = False
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exception):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _press(self, number, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def _raise_if_pressed(self, *arguments, **keywords):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_epoch_begin = on_train_batch_begin = on_test_batch_begin = _raise_if_pressed
+
+
 def _callbacks(config, checkpoint, started=None):
     callbacks = [StopOnNaN()]
     if config.get("ema"):
@@ -428,14 +461,15 @@ def train(family, config, build_network, resume=None):
     started = time.perf_counter()
     interrupted = False
     try:
-        model.fit(
-            **training_inputs(config, train_split, targets, state["epochs_done"]),
-            epochs=config["epochs"],
-            initial_epoch=state["epochs_done"],
-            validation_data=(validation.pixels, _one_hot(validation.labels)),
-            callbacks=_callbacks(config, checkpoint, launched),
-            verbose=config.get("verbose", 1),
-        )
+        with CtrlC() as ctrl_c:
+            model.fit(
+                **training_inputs(config, train_split, targets, state["epochs_done"]),
+                epochs=config["epochs"],
+                initial_epoch=state["epochs_done"],
+                validation_data=(validation.pixels, _one_hot(validation.labels)),
+                callbacks=[ctrl_c, *_callbacks(config, checkpoint, launched)],
+                verbose=config.get("verbose", 1),
+            )
     except KeyboardInterrupt:
         interrupted = True
     wall = time.perf_counter() - started

@@ -1,5 +1,6 @@
 """Training runs: run directory contents, resume after SIGKILL, Ctrl-C, NaN, reproducibility."""
 
+import gc
 import json
 import math
 import re
@@ -225,6 +226,26 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
 
 
+def test_ctrl_c_that_python_drops_still_stops_at_the_next_batch(monkeypatch):
+    """A KeyboardInterrupt raised inside a garbage-collector callback is only reported as ignored
+    (JAX has such a callback; a Ctrl-C landing in it once let a run go on to its last epoch)."""
+
+    def press_ctrl_c(phase, info):
+        gc.callbacks.remove(press_ctrl_c)
+        signal.raise_signal(signal.SIGINT)
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
+    with training.CtrlC() as ctrl_c:
+        gc.callbacks.append(press_ctrl_c)
+        gc.collect()  # the handler runs inside press_ctrl_c, and its KeyboardInterrupt goes nowhere
+        assert dropped == [KeyboardInterrupt] and ctrl_c.pressed
+        for hook in (ctrl_c.on_train_batch_begin, ctrl_c.on_test_batch_begin, ctrl_c.on_epoch_begin):
+            with pytest.raises(KeyboardInterrupt):
+                hook(0)
+    assert signal.getsignal(signal.SIGINT) is not ctrl_c._press
+
+
 @keras.saving.register_keras_serializable(package="tests")
 class PoisonAfter(keras.layers.Layer):
     """Outputs NaN once it has seen `steps` training batches: a loss that blows up mid-run."""
@@ -332,6 +353,7 @@ config = test_training._tiny_config({data!r}, {runs!r}, epochs=5)
 for schedule, patience, budget, ema in (("cosine", 0, 0.0, 0.0), ("plateau", 3, 5.0, 0.999)):
     config.update(schedule=schedule, patience=patience, time_budget=budget, ema=ema)
     callbacks = training._callbacks(config, training.RunCheckpoint({runs!r}))
+    callbacks = [training.CtrlC(), *callbacks]
     assert keras.callbacks.CallbackList(callbacks)._async_train, [type(callback).__name__ for callback in callbacks]
 test_training.train_until_nan({data!r}, {runs!r})
 print("ok")
