@@ -30,7 +30,7 @@ def build_network(config, preprocessing):
     if config.get("architecture", "hw8") == "hw8":
         options = {key: config[key] for key in ("stem", "blocks", "dense") if config.get(key) is not None}
         return build_hw8_mobilenet(INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options)
-    options = {key: config[key] for key in ("stem", "stages", "blocks_per_stage", "input_size") if config.get(key) is not None}
+    options = {key: config[key] for key in ("stem", "stages", "blocks_per_stage") if config.get(key) is not None}
     return build_mobilenet(INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options)
 
 
@@ -43,7 +43,6 @@ def main():
     network.add_argument("--stem", type=cli.int_list, default=None, help="stem convolution filters before alpha (default: 8,8 residual; 8 hw8)")
     network.add_argument("--stages", type=cli.int_list, default=None, help="residual: filters per stage before alpha (default: 16,32,64,144)")
     network.add_argument("--blocks-per-stage", type=cli.positive_int, default=None, help="residual: separable blocks per stage (default: 2)")
-    network.add_argument("--input-size", type=cli.positive_int, default=None, help="residual: resize the 48x48 faces to this size first (default: none)")
     network.add_argument("--blocks", type=cli.int_list, default=None, help="hw8: pointwise filters per block before alpha; blocks 3, 5, 7 have stride 2 (default: 16,16,32,32,64,64,128,128)")
     network.add_argument("--dense", type=cli.positive_int, default=None, help="hw8: Dense width before alpha (default: 64)")
     args = parser.parse_args()

@@ -143,7 +143,6 @@ def build_mobilenet(
     stages=MOBILENET_STAGES,
     blocks_per_stage=2,
     dropout=0.1,
-    input_size=None,
     name="mobilenet",
 ):
     """Residual depthwise-separable network in mini-Xception's layout, at 59,607 parameters.
@@ -156,8 +155,6 @@ def build_mobilenet(
     2.21's oneDNN CPU kernels (oneDNN issue 6035). `alpha` scales every width.
     """
     inputs, x = _inputs(input_shape, preprocessing)
-    if input_size:
-        x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="upsample")(x)
     for index, width in enumerate(stem, start=1):
         x = layers.Conv2D(_scaled(width, alpha), 3, padding="same", use_bias=False, name=f"stem_conv{index}")(x)
         x = layers.BatchNormalization(name=f"stem_bn{index}")(x)
