@@ -27,7 +27,7 @@ def build_network(config, preprocessing):
     from fersuite import INPUT_SHAPE, NUM_CLASSES
     from fersuite.models import build_hw8_mobilenet, build_mobilenet
 
-    if config.get("architecture", "hw8") == "hw8":
+    if config["architecture"] == "hw8":
         options = {key: config[key] for key in ("stem", "blocks", "dense") if config.get(key) is not None}
         return build_hw8_mobilenet(INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options)
     options = {key: config[key] for key in ("stem", "stages", "blocks_per_stage") if config.get(key) is not None}
@@ -48,6 +48,10 @@ def main():
     args = parser.parse_args()
     if args.alpha <= 0:
         parser.error(f"--alpha must be positive, got {args.alpha}")
+    other = ("stages", "blocks_per_stage") if args.architecture == "hw8" else ("blocks", "dense")
+    for name in other:
+        if getattr(args, name) is not None:
+            parser.error(f"--{name.replace('_', '-')} does not apply to --architecture {args.architecture}")
     if args.dropout is None:
         args.dropout = 0.1 if args.architecture == "residual" else 0.2
     if args.architecture == "hw8" and args.stem is not None:

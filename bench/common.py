@@ -20,9 +20,6 @@ import numpy as np
 from fersuite import EMOTIONS, backend
 from fersuite.cli import positive_int
 
-PROJECT = Path(__file__).resolve().parent.parent
-TRAIN_CSV = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
-TEST_CSV = PROJECT.parent / "shared" / "data" / "fer2013" / "test.csv.xz"
 BATCH_SIZE = 128
 # The suite's default augmentation (train_*.py flags), ImageDataGenerator's names and meanings.
 AUGMENT = {

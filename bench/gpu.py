@@ -27,8 +27,9 @@ from pathlib import Path
 import pandas as pd
 
 PROJECT = Path(__file__).resolve().parent.parent
-SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
-DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
+sys.path.insert(0, str(PROJECT))  # for `python bench/gpu.py` as well as `python -m bench.gpu`
+from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path
+
 FAMILIES = ("cnn", "dnn", "mobilenet")
 # Dense fp16/bf16 tensor-core peak in TFLOP/s (NVIDIA data sheets, without sparsity).
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -85,7 +86,6 @@ def peak_for(name):
 
 
 def multiply_adds(model_path):
-    sys.path.insert(0, str(PROJECT))
     from fersuite import complexity
     from fersuite.evaluation import load_model
 
@@ -138,7 +138,7 @@ def time_to(threshold, run_dirs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="(default: %(default)s)")
+    parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="per measure; the last one is timed (default: %(default)s)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the chip's dense fp16 peak (default: from the GPU's name)")

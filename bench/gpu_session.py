@@ -44,9 +44,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.gpu import FAMILIES, GpuSampler, gpu_name, minutes_to
+from fersuite.atomic import atomic_path, write_json
+from fersuite.cli import PROJECT, SAMPLE, absolute_path
 
-PROJECT = Path(__file__).resolve().parent.parent
-SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 DEFAULT_DATA = PROJECT / "pack" / "train.npz.xz"
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "confusion_matrix.csv")
 MAX_FILES = 5  # CNN and DNN models; + runs.tar.gz, runs.log and summary.json = the 8 files that come back
@@ -62,10 +62,10 @@ QUICK_FLAGS = {
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="(default: %(default)s)")
+    parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_DATA), help="(default: %(default)s)")
     parser.add_argument("--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="folder for what comes back ($OUT on the lent machine)")
-    parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)")
+    parser.add_argument("--out", type=absolute_path, required=True, help="folder for what comes back ($OUT on the lent machine)")
+    parser.add_argument("--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)")
     parser.add_argument("--run", action="append", metavar="'[NAME=value ...] FAMILY [FLAGS]'", help=f"one run: environment settings for it, a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS}, {MAX_FILES} of them CNN or DNN (default: cnn and mobilenet)")
     parser.add_argument("--int8", action="store_true", help="ship int8 kernels (fersuite.ship --int8)")
     parser.add_argument("--threshold", type=float, default=0.70, help="report the minutes each run took to reach this val accuracy (default: %(default)s)")
@@ -148,7 +148,7 @@ def summarise(name, family, flags, environment, run_dir, threshold, returncode):
 def pack(runs, models, out):
     """Each run's small files and the small shipped models in one archive: at most 8 files come
     back from the machine."""
-    with tarfile.open(out / "runs.tar.gz", "w:gz") as archive:
+    with atomic_path(out / "runs.tar.gz", suffix=".tar.gz") as temporary, tarfile.open(temporary, "w:gz") as archive:
         for name, run_dir in runs.items():
             for file_name in RUN_FILES:
                 if run_dir is not None and (run_dir / file_name).is_file():
@@ -191,7 +191,7 @@ def main():
         "gpu_utilisation_samples": len(sampler.samples),
         "runs": rows,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     if any(codes.values()) or not all(shipped.values()):
         raise SystemExit(f"a run failed: {codes}, shipped: {shipped}; see {out / 'runs.log'}")

@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
-DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
+sys.path.insert(0, str(PROJECT))  # for `python bench/sweep.py` as well as `python -m bench.sweep`
+from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path
 
 # (family, label, flags): five sizes per family, each about 4x the one before.
 SIZES = [
@@ -40,10 +40,10 @@ LABELS = [label for _, label, _ in SIZES]
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="(default: %(default)s)")
+    parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=60, help="per size (default: %(default)s)")
-    parser.add_argument("--runs-dir", default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
-    parser.add_argument("--out", default=str(PROJECT / "bench" / "sweep"), help="folder for runs.csv/.md and the figures (default: %(default)s)")
+    parser.add_argument("--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
+    parser.add_argument("--out", type=absolute_path, default=str(PROJECT / "bench" / "sweep"), help="folder for runs.csv/.md and the figures (default: %(default)s)")
     parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
     parser.add_argument("--sizes", default=None, help=f"comma-separated labels, a subset of {', '.join(LABELS)} (default: every size of --families)")
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
@@ -105,7 +105,6 @@ def main():
     sizes = run_sizes(args)
     if args.dry_run or not sizes:
         return
-    sys.path.insert(0, str(PROJECT))
     from fersuite import plots
 
     runs = [replace(plots.load_run(run_dir), label=label) for label, run_dir in sizes]

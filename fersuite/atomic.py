@@ -20,7 +20,7 @@ def atomic_path(path, suffix=None):
     os.close(handle)
     try:
         yield Path(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~UMASK)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -28,9 +28,13 @@ def atomic_path(path, suffix=None):
 
 
 def _umask():
+    """The process's umask; reading it means setting it, so it is read once, before any thread starts."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = _umask()
 
 
 def write_text(path, text):

@@ -12,6 +12,8 @@ from fersuite.errors import UserError
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_TRAIN = PROJECT.parent / "shared" / "data" / "fer2013" / "train.csv.xz"
+DEFAULT_TEST = DEFAULT_TRAIN.with_name("test.csv.xz")
+SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 
 
 def run(main):
@@ -63,6 +65,11 @@ class _QuietTensorFlowImport:
             sys.meta_path.remove(self)
             with native_stderr_silenced(), contextlib.suppress(ImportError):
                 importlib.import_module("tensorflow")
+
+
+def absolute_path(text):
+    """A path made absolute where it is parsed, for scripts whose child processes run elsewhere."""
+    return str(Path(text).resolve())
 
 
 def positive_int(text):

@@ -42,7 +42,7 @@ def zoomed(pixels, factor):
     center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
     transform = np.array([factor, 0, center_x * (1 - factor), 0, factor, center_y * (1 - factor), 0, 0], dtype="float32")
     transforms = np.tile(transform, (len(pixels), 1))
-    return np.asarray(ops.image.affine_transform(pixels.astype("float32"), transforms, fill_mode="nearest", data_format="channels_last"))
+    return ops.convert_to_numpy(ops.image.affine_transform(pixels.astype("float32"), transforms, fill_mode="nearest", data_format="channels_last"))
 
 
 def tta_views(pixels, tta="none"):
@@ -53,9 +53,10 @@ def tta_views(pixels, tta="none"):
         return [pixels]
     views = [pixels, pixels[:, :, ::-1]]
     if tta == "crops":
+        height, width = pixels.shape[1:3]
         padded = np.pad(pixels, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
         for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):
-            views.append(padded[:, dy : dy + 48, dx : dx + 48])
+            views.append(padded[:, dy : dy + height, dx : dx + width])
     if tta == "zoom":
         for factor in TTA_ZOOMS:
             view = zoomed(pixels, factor)
@@ -68,6 +69,8 @@ def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0,
 
     The views go through each model as one stacked array: one progress bar per model, not per view,
     headed (verbose) by the model's name in `names` so that a user sees which of an ensemble runs."""
+    from keras import ops
+
     views = tta_views(pixels, tta)
     stacked = np.concatenate(views).astype("float32")
     total = np.zeros((len(views), len(pixels), len(EMOTIONS)), dtype=np.float64)
@@ -75,7 +78,7 @@ def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0,
         if verbose:
             print(f"{names[number] if names else model.name} ({number + 1} of {len(models)}): {len(stacked):,} views", flush=True)
         if len(stacked) <= batch_size:  # predict() costs tens of ms per call before any work
-            outputs = np.asarray(model.predict_on_batch(stacked))
+            outputs = ops.convert_to_numpy(model.predict_on_batch(stacked))
         else:
             outputs = model.predict(stacked, batch_size=batch_size, verbose=verbose)
         total += outputs.reshape(total.shape)

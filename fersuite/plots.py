@@ -567,12 +567,13 @@ def data_path(run, data=None):
     recorded = Path(run.config["data"])
     if recorded.is_absolute() or recorded.exists():
         return recorded
-    training_dir = run.path.resolve()
-    for _ in Path(run.config.get("run_dir", "runs/x")).parts:
-        training_dir = training_dir.parent
-    candidate = training_dir / recorded
-    if candidate.exists():
-        return candidate
+    run_dir = Path(run.config.get("run_dir", "runs/x"))
+    if not run_dir.is_absolute():  # the run and its data were both named from where training ran
+        training_dir = run.path.resolve()
+        for _ in run_dir.parts:
+            training_dir = training_dir.parent
+        if (training_dir / recorded).exists():
+            return training_dir / recorded
     raise UserError(f"{run.path}: its data file {recorded} is not found from here; pass --data")
 
 
@@ -581,15 +582,17 @@ class SplitCache:
 
     def __init__(self):
         self.splits = {}
+        self.digests = {}
 
     def get(self, run, options, log=print):
         path = data_path(run, options.data)
         key = (str(path.resolve()), run.config.get("val_split", 0.1), split_seed(run.config))
         if key not in self.splits:
             self.splits[key] = load_splits(path, key[1], key[2])
-            digest = run.config.get("data_digest")
-            if digest and file_digest(path) != digest:
-                log(f"warning: {path} is not the file {run.name} was trained on; its {options.split} split may include training images")
+        if key[0] not in self.digests:
+            self.digests[key[0]] = file_digest(path)
+        if run.config.get("data_digest", self.digests[key[0]]) != self.digests[key[0]]:
+            log(f"warning: {path} is not the file {run.name} was trained on; its {options.split} split may include training images")
         splits = self.splits[key]
         if options.split not in splits:
             raise UserError(f"{path}: has no '{options.split}' split (it has {', '.join(splits)})")

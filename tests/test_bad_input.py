@@ -225,6 +225,9 @@ FLAG_CASES = [
     ("train_mobilenet", ["--resume-every", "-1"], "--resume-every"),
     ("train_cnn", ["--time-budget", "-1"], "--time-budget"),
     ("train_mobilenet", ["--ema", "1"], "--ema"),
+    ("train_cnn", ["--weight-decay", "-1e-4"], "--weight-decay"),
+    ("train_mobilenet", ["--dense", "32"], "--dense does not apply to --architecture residual"),
+    ("train_mobilenet", ["--architecture", "hw8", "--stages", "8,16"], "--stages does not apply to --architecture hw8"),
 ]
 
 

@@ -9,10 +9,11 @@ from conftest import PROJECT, run_script
 
 
 def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_path):
+    """Run from another folder with relative paths, which the sizes' training processes must share."""
     runs_dir, out = tmp_path / "runs", tmp_path / "sweep"
     labels = ["mobilenet-5k", "mobilenet-844k"]
-    args = ("--quick", "--sizes", ",".join(labels), "--runs-dir", runs_dir, "--out", out)
-    first = run_script("bench/sweep.py", *args, check=True)
+    args = ("--quick", "--sizes", ",".join(labels), "--runs-dir", "runs", "--out", "sweep")
+    first = run_script("bench/sweep.py", *args, check=True, cwd=tmp_path)
     summary = pd.read_csv(out / "runs.csv")
     assert summary["run"].tolist() == labels
     assert summary["parameters"].is_monotonic_increasing
@@ -20,7 +21,7 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     assert (summary["epochs_run"] == 1).all() and summary["best_val_accuracy"].between(0, 1).all()
     assert (out / "parameters_vs_accuracy.png").stat().st_size > 10_000
     assert first.stdout.count("train_mobilenet.py") == 2 and "train_cnn.py" not in first.stdout
-    again = run_script("bench/sweep.py", *args, check=True)
+    again = run_script("bench/sweep.py", *args, check=True, cwd=tmp_path)
     assert "train_mobilenet.py" not in again.stdout
     assert sorted(path.parent.parent.name for path in runs_dir.glob("*/*/metrics.json")) == sorted(labels)
     unknown = run_script("bench/sweep.py", "--sizes", "mobilenet-5k,cnn-9", "--dry-run")

@@ -202,3 +202,27 @@ def test_a_model_trained_under_another_backend_plots_under_tensorflow(tmp_path, 
     report_main([str(run_dir), "--out", str(tmp_path / "figures"), "--figures", "confusion,saliency,filters", *FAST])
     for name in ("confusion.png", "saliency.png", "filters_block2_conv1.png"):
         assert_nonblank_png(tmp_path / "figures" / run_dir.name / name)
+
+
+def test_a_relative_data_path_is_found_from_where_training_ran(tmp_path, monkeypatch):
+    """A run named runs/cnn-1 that read data/train.csv: its data is two folders above the run; a run
+    recorded by its absolute path says nothing about where training ran, so --data is asked for."""
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    data = write_csv(tmp_path / "project" / "data" / "train.csv", "label,feature", labeled_rows(14))
+    run_path = tmp_path / "project" / "runs" / "cnn-1"
+    run_path.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    relative = plots.Run(run_path, {"data": "data/train.csv", "run_dir": "runs/cnn-1"}, None, {})
+    assert plots.data_path(relative).resolve() == Path(data).resolve()
+    absolute = plots.Run(run_path, {"data": "data/train.csv", "run_dir": str(run_path)}, None, {})
+    with pytest.raises(plots.UserError, match="pass --data"):
+        plots.data_path(absolute)
+
+
+def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
+    data = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(14))
+    configs = {"same": {"data_digest": plots.file_digest(data)}, "other": {"data_digest": "0" * 16}, "unrecorded": {}}
+    cache, warnings = plots.SplitCache(), []
+    for name, config in configs.items():
+        cache.get(plots.Run(tmp_path / name, {"data": str(data), **config}, None, {}), plots.Options(), log=warnings.append)
+    assert len(warnings) == 1 and "other" in warnings[0]

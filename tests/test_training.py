@@ -143,9 +143,9 @@ def _epochs_done(run_dir):
     return json.loads(path.read_text())["epochs_done"] if path.exists() else 0
 
 
-def _start_training(data, runs, epochs):
+def _start_training(data, runs, epochs, resume_every=0):
     """A training process of ~200 images, so each epoch takes a moment to kill it in."""
-    args = tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", 0)
+    args = tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", resume_every)
     return subprocess.Popen(
         [sys.executable, "-c", CTRL_C_AS_IN_A_TERMINAL, str(PROJECT / "train_mobilenet.py"), *map(str, args)],
         stdout=subprocess.PIPE,
@@ -198,7 +198,7 @@ def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, 
     assert list(runs.iterdir()) == [run_dir]
 
 
-@pytest.mark.parametrize("every,saved", [(0, [1, 2, 3]), (3600, [3])])
+@pytest.mark.parametrize("every,saved", [(0, [1, 2, 3]), (3600, [1, 3])])
 def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, saved, tmp_path, monkeypatch):
     """On a GPU an epoch takes a second and last.keras (with Adam's state) half of one."""
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
@@ -214,14 +214,27 @@ def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, save
     assert keras.saving.load_model(tmp_path / "last.keras").optimizer.iterations.numpy() == 3
 
 
+def test_resume_keeps_a_best_model_saved_after_the_resume_state(tmp_path):
+    """last.keras is saved at most once a minute, best.keras on every new best: the epochs run again
+    after a resume must beat the best of the whole history, not the best when last.keras was saved."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "last.keras").write_text("")
+    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 1, "best": 0.3}))
+    pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.4]}).to_csv(tmp_path / "history.csv", index=False)
+    _, state, history = training._resume_state(tmp_path)
+    assert state == {"epochs_done": 1, "best": 0.5}
+    assert [row["epoch"] for row in history] == [1]
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     runs = tmp_path / "runs"
-    process = _start_training(bigger_csv, runs, epochs=50)
+    process = _start_training(bigger_csv, runs, epochs=50, resume_every=3600)  # the first epoch is saved all the same
     run_dir = _wait_for_epochs(process, runs, 1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert f"resume with: python train_mobilenet.py --resume {run_dir}" in stderr
+    assert (run_dir / "last.keras").exists()
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
 
@@ -474,3 +487,16 @@ def test_init_from_run_records_its_starting_model(train_csv, tmp_path):
         wrong = run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, third, 1, "--init-from", start, "--filters", "4,8,8"), env={"KERAS_BACKEND": backend})
         assert wrong.returncode == 2 and wrong.stderr.startswith(f"error: {start}: its network differs"), wrong.stderr
         assert wrong.stderr.count("\n") == 1 and (not third.exists() or not any(third.iterdir()))
+
+
+@pytest.mark.parametrize(
+    "name,weight_decay,expected",
+    [("adam", 0.0, (keras.optimizers.Adam, None)), ("adamw", 0.0, (keras.optimizers.AdamW, 0.0)),
+     ("adamw", 5e-4, (keras.optimizers.AdamW, 5e-4)), ("sgd", 5e-4, (keras.optimizers.SGD, 5e-4))],
+)
+def test_optimizer_takes_the_weight_decay_asked_for(name, weight_decay, expected):
+    config = {"optimizer": name, "weight_decay": weight_decay, "lr": 1e-3, "schedule": "constant", "ema": 0.0}
+    optimizer = training.build_optimizer(config, steps_per_epoch=10)
+    assert (type(optimizer), optimizer.weight_decay) == expected
+    if name == "sgd":
+        assert optimizer.nesterov and optimizer.momentum == 0.9
