@@ -4,8 +4,9 @@
     python predict.py --model a.keras --model b.keras --tta flip --data test.csv.xz   # ensemble, mirror TTA only
     python predict.py --model best.keras face1.png face2.jpg                           # image files
 
-test.csv (id,feature) -> `id,label` submission. fer2013.csv (emotion,pixels,Usage) -> also prints
-PublicTest/PrivateTest accuracy (Kaggle's public/private scores). A labeled train.csv -> accuracy.
+test.csv (id,feature) -> `id,label` submission (--out, default submission.csv). fer2013.csv
+(emotion,pixels,Usage) -> PublicTest/PrivateTest accuracy (Kaggle's public/private scores); a labeled
+train.csv -> accuracy; for these a submission is written only when --out is given.
 Without --model, every model shipped in models/ (two CNNs, the MobileNet and the DNN) is used as an
 ensemble; models/README.md has the figures.
 
@@ -15,7 +16,6 @@ ensemble; models/README.md has the figures.
 out (same --val-split and --split-seed), to choose models and TTA without touching the test set.
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +27,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 # Every shipped model: 0.7259 on validation with zoom TTA against 0.7116 for the CNN alone
 # (models/README.md). Subsets differ by a few faces, within one standard error, so none is picked.
 DEFAULT_ENSEMBLE = ("cnn.keras", "cnn_dropout.keras", "mobilenet.keras", "dnn.keras")
+SUBMISSION = "submission.csv"
 
 
 def parse_args():
@@ -36,7 +37,7 @@ def parse_args():
     parser.add_argument("images", nargs="*", help="image files (PNG/JPG, any size or colour) to classify")
     parser.add_argument("--model", action="append", help=f".keras file; repeat for an ensemble (default: {' + '.join(DEFAULT_ENSEMBLE)} in {MODELS_DIR.name}/)")
     parser.add_argument("--data", help="CSV to predict: test.csv (id,feature), fer2013.csv or a labeled train.csv")
-    parser.add_argument("--out", default="submission.csv", help="submission file (default: %(default)s)")
+    parser.add_argument("--out", help=f"submission file (default: {SUBMISSION} for a test.csv; none for labeled data)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
     parser.add_argument("--tta", choices=TTA_CHOICES, default="zoom", help="test-time augmentation, views averaged: flip = the face and its mirror; crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther (6 views; +0.9 points over flip for the shipped ensemble on validation) (default: %(default)s)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
@@ -48,6 +49,9 @@ def parse_args():
         parser.error("--validation needs --data with labels")
     if not args.images and not args.data:
         parser.error("give --data CSV or image files")
+    models = [name for name in args.images if name.endswith(".keras")]
+    if models:
+        parser.error(f"{models[0]} is a model, not an image: give each model with its own --model (a glob such as runs/*/best.keras names several)")
     if args.images and args.data:
         parser.error("give either --data or image files, not both")
     return args
@@ -65,22 +69,6 @@ def model_paths(args):
     return shipped
 
 
-def check_output(path, force):
-    """Refuse before any work is done, so nothing is half-done or overwritten by accident."""
-    from fersuite.errors import UserError
-
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a file name for the submission")
-    if path.exists() and not force:
-        raise UserError(f"{path}: already exists; pass --force to overwrite it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{parent}: output directory does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{parent}: output directory is not writable")
-
-
 def score_validation(args, paths, models):
     """Accuracy of each model and of their ensemble on the held-out validation split."""
     from fersuite import data, evaluation
@@ -90,21 +78,24 @@ def score_validation(args, paths, models):
     if validation is None:
         raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
-    total = 0
-    for path, model in zip(paths, models):
-        probabilities = evaluation.predict_probabilities([model], validation.pixels, args.tta, args.batch_size)
-        total = total + probabilities
+    each, ensemble = evaluation.each_and_ensemble(models, validation.pixels, args.tta, args.batch_size)
+    for path, probabilities in zip(paths, each):
         print(f"{evaluation.accuracy(validation.labels, probabilities):.4f}  {path}")
     if len(models) > 1:
-        print(f"{evaluation.accuracy(validation.labels, total):.4f}  ensemble of {len(models)}")
+        print(f"{evaluation.accuracy(validation.labels, ensemble):.4f}  ensemble of {len(models)}")
 
 
 def main():
     args = parse_args()
     from fersuite import EMOTIONS, data, evaluation
 
+    table = None
     if args.data and not args.validation:
-        check_output(args.out, args.force)
+        table = data.load_table(args.data)
+        if args.out is None and table.layout == "unlabeled":
+            args.out = SUBMISSION
+        if args.out is not None:
+            cli.check_output(args.out, args.force)
     paths = model_paths(args)
     models = [evaluation.load_model(path) for path in paths]
 
@@ -120,17 +111,12 @@ def main():
             print(f"{name},{EMOTIONS[row.argmax()]},{row.max():.3f}")
         return
 
-    table = data.load_table(args.data)
-    rows = table.usage != "Training" if table.layout == "fer2013" else slice(None)
+    rows = evaluation.submission_rows(table)
     probabilities = evaluation.predict_probabilities(models, table.pixels[rows], args.tta, args.batch_size, verbose=1, names=paths)
-    if table.layout == "fer2013":
-        for usage, label in (("PublicTest", "public"), ("PrivateTest", "private")):
-            chosen = table.usage[rows] == usage
-            if chosen.any():
-                score = evaluation.accuracy(table.labels[rows][chosen], probabilities[chosen])
-                print(f"{label} ({usage}) accuracy: {score:.4f} on {chosen.sum()} images")
-    elif table.layout == "labeled":
-        print(f"accuracy: {evaluation.accuracy(table.labels, probabilities):.4f} on {len(table.labels)} images")
+    for name, score, images in evaluation.labeled_scores(table, probabilities):
+        print(f"{name}: {score:.4f} on {images} images")
+    if args.out is None:
+        return
     evaluation.write_submission(args.out, table.ids[rows], probabilities)
     print(f"wrote {args.out}: {len(probabilities)} rows (id,label); models {' + '.join(map(str, paths))}, tta {args.tta}", file=sys.stderr)
 

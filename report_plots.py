@@ -11,6 +11,7 @@ The validation split is recreated from each run's config.json (data, val_split, 
 """
 
 import argparse
+import dataclasses
 
 from fersuite import cli
 
@@ -62,11 +63,7 @@ def main(argv=None):
     from fersuite import plots
 
     runs = [plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)]
-    options = plots.Options(
-        data=args.data, split=args.split, max_images=args.max_images, saliency_images=args.saliency_images,
-        filters=args.filters, layer=args.layer, steps=args.steps, face=args.face, mistakes=args.mistakes,
-        embedding_images=args.embedding_images, tsne=args.tsne, seed=args.seed, batch_size=args.batch_size,
-    )
+    options = plots.Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(plots.Options)})
     cache = plots.SplitCache()
     for run in runs:
         print(f"{run.name}:")

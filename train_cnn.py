@@ -9,8 +9,8 @@ epochs (training accuracy 0.22 against 0.31 after 2 epochs, bench/RESULTS.md); a
 `--conv-dropout 0.25 --dense-dropout 0.5` for the report's exact network.
 The recipe is the one that trained models/cnn.keras, AdamW with weight decay 5e-4 and random
 erasing 0.5: on the H200 it over-fit less than Adam alone (training accuracy 0.91 against 0.96)
-and led it on validation (0.6945 against 0.6879; bench/RESULTS.md, sessions 10 and 12);
-`--optimizer adam --weight-decay 0 --random-erasing 0` gives the earlier default.
+and led it on validation (0.6945 against 0.6879; bench/RESULTS.md);
+`--optimizer adam --weight-decay 0 --random-erasing 0` trains with plain Adam.
 Outputs go to runs/cnn-<time>/.
 """
 

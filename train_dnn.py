@@ -7,10 +7,12 @@ compare at equal size (the HW3 question); --units fixes the widths instead.
 Augmentation is half the convolutional families' (5 degrees, 5 % shifts and zoom) and dropout
 0.1: a network without convolutions has no translation invariance to lean on, and with the
 full augmentation and dropout 0.3 it fitted its training images no better than validation
-after 100 epochs, and these settings scored 3.5-4.7 points higher (bench/RESULTS.md, session 6).
+after 100 epochs, and these settings scored 3.5-4.7 points higher (bench/RESULTS.md).
 Mixed precision is off by default, even on a GPU: there float16 made its epoch slower, not faster.
 Outputs go to runs/dnn-<time>/.
 """
+
+import math
 
 from fersuite import cli
 
@@ -51,7 +53,14 @@ def main():
     network.add_argument("--dropout", type=cli.fraction, default=0.1, help="(default: %(default)s)")
     args = parser.parse_args()
 
-    from fersuite import training
+    from fersuite import INPUT_SHAPE, NUM_CLASSES, training
+    from fersuite.models import dnn_parameter_count, dnn_units_for_budget
+
+    if not args.units and not args.resume:
+        units = dnn_units_for_budget(args.params, INPUT_SHAPE, NUM_CLASSES, args.depth)
+        closest = dnn_parameter_count(math.prod(INPUT_SHAPE), NUM_CLASSES, units)
+        if abs(closest - args.params) > 0.02 * args.params:
+            parser.error(f"--params {args.params:,}: the closest {args.depth}-layer DNN has {closest:,} parameters; give a larger budget or --units")
 
     training.train("dnn", vars(args), build_network, resume=args.resume)
 

@@ -33,9 +33,10 @@ from keras import layers
 from bench import common
 from fersuite import INPUT_SHAPE, NUM_CLASSES
 from fersuite.augment import RandomAffine
-from fersuite.cli import positive_int
+from fersuite.cli import DEFAULT_TRAIN, positive_int
 from fersuite.data import load_table
 from fersuite.models import build_cnn, preprocessing_layers
+from fersuite.training import one_hot
 
 NETWORKS = {
     "small": {"filters": (32, 64, 128), "dense": (256,)},
@@ -163,7 +164,7 @@ def training_speed(pixels, labels, args):
     )
     count = (args.warmup + args.steps) * args.batch_size
     pixels, labels = common.repeat_to(pixels, labels, count)
-    targets = common.one_hot(labels)
+    targets = one_hot(labels)
 
     def fit(model, inputs, labels=None, callbacks=()):
         return lambda: common.fit_rate(model, inputs, labels, args.warmup, args.steps, args.batch_size, callbacks)
@@ -190,7 +191,7 @@ def training_speed(pixels, labels, args):
 
 def main():
     parser = common.parser(__doc__)
-    parser.add_argument("--data", default=str(common.TRAIN_CSV), help="labeled CSV (default: %(default)s)")
+    parser.add_argument("--data", default=str(DEFAULT_TRAIN), help="labeled CSV (default: %(default)s)")
     parser.add_argument(
         "--images", type=positive_int, default=4096, help="images taken from --data (default: %(default)s)"
     )

@@ -17,18 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fersuite import EMOTIONS, backend
+from fersuite import AUGMENTATION, backend
 from fersuite.cli import positive_int
 
 BATCH_SIZE = 128
-# The suite's default augmentation (train_*.py flags), ImageDataGenerator's names and meanings.
-AUGMENT = {
-    "rotation_range": 10.0,
-    "width_shift_range": 0.1,
-    "height_shift_range": 0.1,
-    "zoom_range": 0.1,
-    "horizontal_flip": True,
-}
+AUGMENT = AUGMENTATION
 # Building many models in one process makes TensorFlow warn about retracing; that is expected here.
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
@@ -136,12 +129,9 @@ def parser(description):
     return result
 
 
-def one_hot(labels):
-    return np.eye(len(EMOTIONS), dtype="float32")[labels]
-
-
 def compile_like_suite(model):
-    """Adam + cross-entropy + accuracy, as fersuite.training compiles (jit left on 'auto')."""
+    """Adam + cross-entropy + accuracy, as fersuite.training compiles the MobileNet and the DNN (jit
+    left on 'auto'; the CNN's AdamW adds one weight-decay update per step)."""
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"]
     )

@@ -28,7 +28,7 @@ import numpy as np
 
 from bench import common
 from fersuite import INPUT_SHAPE, NUM_CLASSES
-from fersuite.cli import positive_int
+from fersuite.cli import DEFAULT_TEST, positive_int
 from fersuite.data import load_table
 from fersuite.evaluation import load_model, predict_probabilities, tta_views
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
@@ -47,7 +47,7 @@ def saved_and_loaded(family, directory, cnn_parameters):
 
 
 def averaged_views(run):
-    """Single-image TTA the way predict_probabilities does it: one call per view, then the mean."""
+    """Single-image TTA: one call per view, then the mean of the probabilities."""
 
     def predict(face, tta):
         return np.mean([np.asarray(run(view.astype("float32"))) for view in tta_views(face, tta)], axis=0)
@@ -81,7 +81,7 @@ def single_rate(predict, pixels, tta, calls):
 
 def main():
     parser = common.parser(__doc__)
-    parser.add_argument("--data", default=str(common.TEST_CSV), help="faces to predict (default: %(default)s)")
+    parser.add_argument("--data", default=str(DEFAULT_TEST), help="faces to predict (default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: %(default)s)")
     parser.add_argument(
         "--images", type=positive_int, default=768, help="faces for the batch figure (default: %(default)s)"

@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from bench import common
+from fersuite.cli import DEFAULT_TEST, DEFAULT_TRAIN
 from fersuite.data import file_digest, load_table, parse_csv
 
 PARSE_TARGET = 5.0
@@ -61,10 +62,10 @@ def load_with_fresh_cache(path):
 
 def main():
     parser = common.parser(__doc__)
-    parser.add_argument("--data", default=str(common.TRAIN_CSV), help="FER CSV, any compression (default: %(default)s)")
+    parser.add_argument("--data", default=str(DEFAULT_TRAIN), help="FER CSV, any compression (default: %(default)s)")
     args = parser.parse_args()
     if args.quick:
-        args.data, args.rounds = str(common.TEST_CSV), 1
+        args.data, args.rounds = str(DEFAULT_TEST), 1
 
     machine = common.MachineReport()
     machine.start()

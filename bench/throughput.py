@@ -20,9 +20,10 @@ augmented / not augmented per family, and suite / reference for the CNN.
 
 from bench import common
 from fersuite import INPUT_SHAPE, NUM_CLASSES
-from fersuite.cli import positive_int
+from fersuite.cli import DEFAULT_TRAIN, positive_int
 from fersuite.data import load_table
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
+from fersuite.training import one_hot
 
 FAMILIES = ("cnn", "dnn", "mobilenet")
 VARIANTS = {"augmented": {"augment": common.AUGMENT}, "not augmented": {}}
@@ -40,7 +41,7 @@ def build(family, preprocessing, cnn_parameters):
 
 def main():
     parser = common.parser(__doc__)
-    parser.add_argument("--data", default=str(common.TRAIN_CSV), help="labeled CSV (default: %(default)s)")
+    parser.add_argument("--data", default=str(DEFAULT_TRAIN), help="labeled CSV (default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=common.BATCH_SIZE, help="(default: %(default)s)")
     parser.add_argument(
@@ -63,7 +64,7 @@ def main():
     table = load_table(args.data)
     count = (args.warmup + args.steps) * args.batch_size
     pixels, labels = common.repeat_to(table.pixels, table.labels, count)
-    targets = common.one_hot(labels)
+    targets = one_hot(labels)
     cnn_parameters = build_cnn(INPUT_SHAPE, NUM_CLASSES).count_params()
 
     def fit(model, inputs):

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from fersuite import AUGMENTATION
 from fersuite.errors import UserError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -34,8 +35,10 @@ def quiet_backend_logs():
     /dev/null. On every backend: Keras's set_random_seed imports TensorFlow too. The scripts call
     this before parsing flags, and Keras is imported only after, so `--help` stays fast.
     TensorFlow's Python warnings go too (a 12-line retracing warning when an ensemble's models
-    each trace their predict step); its errors still show."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    each trace their predict step); its errors still show as Python exceptions. Its C++ log is cut to
+    fatal messages (level 3): at level 2, TensorFlow 2.21 logs a harmless "NodeDef mentions attribute
+    use_unbounded_threadpool" error line at the start of every fit. TF_CPP_MIN_LOG_LEVEL=0 shows it all."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     needed = "keras" not in sys.modules and not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
     if needed:
@@ -67,27 +70,48 @@ class _QuietTensorFlowImport:
                 importlib.import_module("tensorflow")
 
 
+def check_output(path, force):
+    """Refuse an output file before any work is done, so nothing is half-done or overwritten by accident."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file name")
+    if path.exists() and not force:
+        raise UserError(f"{path}: already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent}: no such directory")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{path.parent}: directory is not writable")
+
+
 def absolute_path(text):
     """A path made absolute where it is parsed, for scripts whose child processes run elsewhere."""
     return str(Path(text).resolve())
 
 
+def _number(text, kind):
+    """The flag's value as int or float; argparse would otherwise name this module's function in its error."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
+
+
 def positive_int(text):
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def fraction(text):
-    value = float(text)
+    value = _number(text, float)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
 def open_fraction(text):
-    value = float(text)
+    value = _number(text, float)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
     return value
@@ -111,16 +135,33 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# What a resumed run may take from its command line; every other setting comes from its config.json.
+RESUME_SETTINGS = ("resume", "resume_every", "verbose")
+
+
+class TrainingParser(Parser):
+    """A training script's flags; with --resume, a setting given again is refused rather than ignored."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if parsed.resume:
+            given = [name for name, value in vars(parsed).items() if name not in RESUME_SETTINGS and value != self.get_default(name)]
+            if given:
+                flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+                self.error(f"--resume continues a run with the settings in its config.json; drop {flags} (or start a new run with --init-from RUN_DIR/best.keras)")
+        return parsed
+
+
 def training_parser(description, defaults):
     """The settings every family shares; `defaults` holds the family's best recipe."""
-    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TrainingParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=str(DEFAULT_TRAIN), help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine (default: %(default)s)")
     data.add_argument("--val-split", type=open_fraction, default=0.1, help="validation fraction for the label,feature layout; fer2013.csv uses PublicTest (default: %(default)s)")
     data.add_argument("--split-seed", type=int, default=0, help="which faces the label,feature layout holds out for validation; keep it the same across the models of an ensemble (default: %(default)s)")
     data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
     data.add_argument("--init-from", metavar="MODEL", help="start from a trained .keras model's weights (the same network, trained on the same --data, --val-split and --split-seed), e.g. to train a shipped model longer with a new schedule")
-    data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from the epoch its last.keras holds (other flags are taken from its config.json)")
+    data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from the epoch its last.keras holds, with the settings in its config.json (only --resume-every and --quiet may be given again)")
     data.add_argument("--resume-every", type=float, default=60.0, metavar="SECONDS", help="save last.keras, the state --resume continues from, at most this often and at the end; 0 = after every epoch (default: %(default)s)")
 
     optimization = parser.add_argument_group("optimization")
@@ -146,11 +187,11 @@ def training_parser(description, defaults):
 
     augmentation = parser.add_argument_group("augmentation (ImageDataGenerator's names; applied on the device)")
     augmentation.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are")
-    augmentation.add_argument("--rotation-range", type=float, default=defaults.get("rotation_range", 10.0), help="degrees (default: %(default)s)")
-    augmentation.add_argument("--width-shift-range", type=fraction, default=defaults.get("width_shift_range", 0.1), help="fraction of width (default: %(default)s)")
-    augmentation.add_argument("--height-shift-range", type=fraction, default=defaults.get("height_shift_range", 0.1), help="fraction of height (default: %(default)s)")
-    augmentation.add_argument("--zoom-range", type=fraction, default=defaults.get("zoom_range", 0.1), help="(default: %(default)s)")
-    augmentation.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=True, help="(default: %(default)s)")
+    augmentation.add_argument("--rotation-range", type=float, default=defaults.get("rotation_range", AUGMENTATION["rotation_range"]), help="degrees (default: %(default)s)")
+    augmentation.add_argument("--width-shift-range", type=fraction, default=defaults.get("width_shift_range", AUGMENTATION["width_shift_range"]), help="fraction of width (default: %(default)s)")
+    augmentation.add_argument("--height-shift-range", type=fraction, default=defaults.get("height_shift_range", AUGMENTATION["height_shift_range"]), help="fraction of height (default: %(default)s)")
+    augmentation.add_argument("--zoom-range", type=fraction, default=defaults.get("zoom_range", AUGMENTATION["zoom_range"]), help="(default: %(default)s)")
+    augmentation.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=AUGMENTATION["horizontal_flip"], help="(default: %(default)s)")
     augmentation.add_argument("--random-erasing", type=fraction, default=defaults.get("random_erasing", 0.0), help="probability of blanking one rectangle per image (default: %(default)s)")
     augmentation.add_argument("--mixup", type=float, default=defaults.get("mixup", 0.0), metavar="ALPHA", help="blend pairs of training images and their labels, lam ~ Beta(ALPHA, ALPHA); 0 = off, 0.2-0.4 is usual (default: %(default)s)")
     augmentation.add_argument("--normalization", choices=("unit", "featurewise"), default="unit", help="unit = pixels/255; featurewise = (pixels - mean) / std of the training set (default: %(default)s)")

@@ -31,7 +31,6 @@ LAYOUTS = {
     ("id", "feature"): "unlabeled",
 }
 CACHE_VERSION = "1"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -155,7 +154,10 @@ def _layout(path, columns):
     layout = LAYOUTS.get(tuple(columns))
     if layout is None:
         expected = " or ".join(",".join(names) for names in LAYOUTS)
-        raise UserError(f"{path}: unexpected columns '{','.join(columns)}'; expected {expected}")
+        found = ",".join(columns)
+        if any(len(column) > 40 for column in columns):  # the first line holds pixels: a data row, not a header
+            raise UserError(f"{path}: the first line is a data row ('{found[:40]}...'); the file needs a header line, {expected}")
+        raise UserError(f"{path}: unexpected columns '{found}'; expected {expected}")
     return layout
 
 
@@ -282,12 +284,8 @@ def split_seed(config):
     return config.get("split_seed", config.get("seed", 0))
 
 
-def load_splits(path, val_split=0.1, seed=0, use_cache=True):
-    return split_table(load_table(path, use_cache=use_cache), val_split, seed)
-
-
-def is_image_path(path):
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+def load_splits(path, val_split=0.1, seed=0):
+    return split_table(load_table(path), val_split, seed)
 
 
 def load_images(paths):
@@ -313,7 +311,8 @@ def main(argv=None):
     parser = cli.Parser(prog="python -m fersuite.data", description=main.__doc__)
     parser.add_argument("command", choices=["pack"])
     parser.add_argument("source")
-    parser.add_argument("destination")
+    parser.add_argument("destination", help="its folder is made if missing")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing destination")
     args = parser.parse_args(argv)
     if not is_packed(args.destination):
         parser.error("the destination must end in .npz or .npz.xz")
@@ -321,6 +320,7 @@ def main(argv=None):
         Path(args.destination).parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"{Path(args.destination).parent}: cannot create the folder ({error.strerror})") from None
+    cli.check_output(args.destination, args.force)
     pack_table(load_table(args.source), args.destination)
     print(f"wrote {args.destination}: {Path(args.destination).stat().st_size / 1e6:.1f} MB")
 

@@ -89,6 +89,32 @@ def accuracy(labels, probabilities):
     return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
+def submission_rows(table):
+    """The rows a submission covers: fer2013.csv's PublicTest and PrivateTest rows, every row of the others."""
+    return table.usage != "Training" if table.layout == "fer2013" else slice(None)
+
+
+def labeled_scores(table, probabilities):
+    """(name, accuracy, images) for the submission rows that have labels: fer2013.csv's Kaggle
+    leaderboards (public = PublicTest, private = PrivateTest), a labeled CSV as a whole, none for test.csv."""
+    rows = submission_rows(table)
+    if table.layout == "labeled":
+        return [("accuracy", accuracy(table.labels, probabilities), len(table.labels))]
+    scores = []
+    if table.layout == "fer2013":
+        for usage, board in (("PublicTest", "public"), ("PrivateTest", "private")):
+            chosen = table.usage[rows] == usage
+            if chosen.any():
+                scores.append((f"{board} ({usage}) accuracy", accuracy(table.labels[rows][chosen], probabilities[chosen]), int(chosen.sum())))
+    return scores
+
+
+def each_and_ensemble(models, pixels, tta="none", batch_size=256):
+    """Each model's probabilities and their mean, the ensemble's: how --validation compares them."""
+    each = [predict_probabilities([model], pixels, tta, batch_size) for model in models]
+    return each, np.mean(each, axis=0)
+
+
 def confusion(labels, predictions):
     from sklearn.metrics import confusion_matrix
 

@@ -222,7 +222,7 @@ def build_hw8_mobilenet(
     return keras.Model(inputs, _classifier(x, num_classes), name=name)
 
 
-BUILDERS = {"cnn": build_cnn, "dnn": build_dnn, "mobilenet": build_mobilenet, "mobilenet_hw8": build_hw8_mobilenet}
+BUILDERS = {"cnn": build_cnn, "dnn": build_dnn, "mobilenet": build_mobilenet}
 
 
 def trainable_parameter_count(model):

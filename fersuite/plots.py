@@ -37,9 +37,19 @@ CONV_TYPES = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
 # ---------------------------------------------------------------- drawing
 
 
+def output_dir(path):
+    """The folder for figures and tables, made if missing; a path that cannot be one is a one-line error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot create the figures directory ({error.strerror})") from None
+    return path
+
+
 def _save(figure, path):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(path.parent)
     save_figure(figure, path, dpi=DPI, bbox_inches="tight")
     return path
 
@@ -321,7 +331,7 @@ def markdown_table(frame):
 def write_table(frame, stem):
     """The same table as CSV (for programs) and Markdown (for reports): stem.csv, stem.md."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(stem.parent)
     csv_path, markdown_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
     write_text(csv_path, frame.to_csv(index=False))
     write_text(markdown_path, markdown_table(frame))
@@ -518,7 +528,7 @@ def _read_json(path):
 def load_run(path):
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: no such run directory")
+        raise UserError(f"{path}: no such run directory" if not path.exists() else f"{path}: not a run directory (give its folder, e.g. runs/cnn-…)")
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a run directory (no config.json)")
     history = None
@@ -613,7 +623,7 @@ def report_run(run, out_dir, figures, options=None, cache=None, log=print):
     """Every per-run figure and table asked for, into out_dir/<run name>/; returns the paths."""
     options = options or Options()
     cache = cache or SplitCache()
-    target = Path(out_dir) / run.name
+    target = output_dir(Path(out_dir) / run.name)
     written = []
 
     def wrote(paths):

@@ -42,17 +42,14 @@ def float32_model(model):
 
 
 def ship(source, destination, force=False, int8=False, int4=False):
-    """Check the model, then write it lean and in float16; returns the destination's size in bytes."""
+    """Check the model, then write it lean and in float16; returns its parameters and the file's size in bytes."""
     from fersuite.atomic import save_model
     from fersuite.evaluation import load_model
 
     destination = Path(destination)
     if destination.suffix != ".keras":
         raise UserError(f"{destination}: the name must end in .keras")
-    if destination.exists() and not force:
-        raise UserError(f"{destination}: already exists; pass --force to overwrite it")
-    if not destination.parent.is_dir():
-        raise UserError(f"{destination.parent}: no such directory")
+    cli.check_output(destination, force)
     model = float32_model(load_model(source))
     parameters = model.count_params()
     if int8 or int4:

@@ -89,10 +89,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.out.endswith(".npz"):
         parser.error("--out must end in .npz")
-    if Path(args.out).exists() and not args.force:
-        raise UserError(f"{args.out}: already exists; pass --force to overwrite it")
-    if not Path(args.out).parent.is_dir():
-        raise UserError(f"{Path(args.out).parent}: no such directory")
+    cli.check_output(args.out, args.force)
     table = load_table(args.data)
     print(f"{len(args.models)} teacher(s) on {len(table.pixels):,} faces and their mirrors")
     mean = probabilities(args.models, table.pixels, verbose=1)

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fersuite import EMOTIONS, __version__, backend, evaluation, quantize, teachers
+from fersuite import AUGMENTATION, EMOTIONS, __version__, backend, cli, evaluation, quantize, teachers
 from fersuite.atomic import save_model, write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
@@ -68,8 +68,9 @@ def check_config(config):
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
-    if config.get("init_from"):
-        check_readable_file(config["init_from"])
+    for path in [config.get("init_from"), *(config.get("teacher") or [])]:
+        if path:
+            check_readable_file(path)
     if config.get("resume_every", 0.0) < 0:
         raise UserError(f"--resume-every must be 0 (every epoch) or positive seconds, got {config['resume_every']}")
     if config.get("time_budget", 0.0) < 0:
@@ -108,7 +109,8 @@ def averaged_weights(model):
     scored; keras.callbacks.SwapEMAWeights swaps it in around each evaluation), then the weights back.
 
     The average smooths the swings of the weights while the learning rate is high; at the end of a
-    short cosine run it trails them (bench/RESULTS.md, session 14), hence off by default. When fit ends Keras writes the average into the weights, so a last.keras saved then holds it."""
+    short cosine run it trails them (bench/RESULTS.md), hence off by default. When fit ends Keras
+    writes the average into the weights, so a last.keras saved then holds it."""
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if not getattr(optimizer, "use_ema", False):
         yield
@@ -316,7 +318,7 @@ def _callbacks(config, checkpoint, started=None):
     return callbacks
 
 
-def _one_hot(labels):
+def one_hot(labels):
     return np.eye(len(EMOTIONS), dtype="float32")[labels]
 
 
@@ -326,7 +328,7 @@ def training_targets(config, pixels, labels):
     Soft targets carry what a convolutional teacher knows about similar emotions, which a
     network without convolutions cannot learn from one-hot labels alone. The teachers see each
     image and its mirror, once, before training (or come as probabilities saved by fersuite.teachers)."""
-    targets = _one_hot(labels)
+    targets = one_hot(labels)
     if not config.get("teacher"):
         return targets
     print(f"soft targets from {', '.join(map(str, config['teacher']))} on {len(pixels):,} training images")
@@ -367,7 +369,7 @@ def make_model(config, build_network, train_pixels):
     """Preprocessing from the config (featurewise statistics from the training split) + network."""
     augment = None
     if config["augment"]:
-        augment = {key: config[key] for key in ("rotation_range", "width_shift_range", "height_shift_range", "zoom_range", "horizontal_flip")}
+        augment = {key: config[key] for key in AUGMENTATION}
     statistics = {}
     if config["normalization"] == "featurewise":
         statistics = {"mean": float(train_pixels.mean()), "std": float(train_pixels.std()) or 1.0}
@@ -402,6 +404,8 @@ def _compile(model, config, steps_per_epoch):
 
 def _resume_state(run_dir):
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
     for name in ("config.json", "state.json", "last.keras", "history.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: cannot resume, {name} is missing (no epoch finished yet?)")
@@ -419,7 +423,11 @@ def train(family, config, build_network, resume=None):
     """Train one model; returns the run directory. config: the script's flags as a dict."""
     launched = time.perf_counter()
     if resume:
+        given = config
         config, state, history = _resume_state(resume)
+        if config.get("family", family) != family:
+            raise UserError(f"{resume}: is a {config['family']} run; resume it with train_{config['family']}.py")
+        config = {**config, **{key: given[key] for key in cli.RESUME_SETTINGS if key in given}}
         run_dir = Path(resume)
         print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     else:
@@ -430,8 +438,9 @@ def train(family, config, build_network, resume=None):
     if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
         keras.mixed_precision.set_dtype_policy("mixed_float16")
     splits = load_splits(config["data"], config["val_split"], split_seed(config))
-    if "train" not in splits or "validation" not in splits:
-        raise UserError(f"{config['data']}: needs labeled rows for training and validation (a test.csv has no labels)")
+    missing = [name for name in ("train", "validation") if name not in splits]
+    if missing:
+        raise UserError(f"{config['data']}: needs labeled rows for {' and '.join(missing)} (a test.csv has no labels; a fer2013.csv validates on its PublicTest rows)")
     train_split, validation = splits["train"], splits["validation"]
     steps_per_epoch = math.ceil(len(train_split) / config["batch_size"])
     targets = training_targets(config, train_split.pixels, train_split.labels)
@@ -470,7 +479,7 @@ def train(family, config, build_network, resume=None):
                 **training_inputs(config, train_split, targets, state["epochs_done"]),
                 epochs=config["epochs"],
                 initial_epoch=state["epochs_done"],
-                validation_data=(validation.pixels, _one_hot(validation.labels)),
+                validation_data=(validation.pixels, one_hot(validation.labels)),
                 callbacks=[ctrl_c, *_callbacks(config, checkpoint, launched)],
                 verbose=config.get("verbose", 1),
             )
@@ -480,8 +489,10 @@ def train(family, config, build_network, resume=None):
     metrics = finish(run_dir, config, checkpoint, validation, wall, interrupted)
     script = f"train_{family}.py"
     if interrupted:
-        resume_hint = f"resume with: python {script} --resume {run_dir}" if (run_dir / "state.json").exists() else "no epoch finished, nothing to resume"
-        print(f"\ninterrupted: best model and history are in {run_dir}\n{resume_hint}", file=sys.stderr)
+        if (run_dir / "state.json").exists():
+            print(f"\ninterrupted: best model and history are in {run_dir}\nresume with: python {script} --resume {run_dir}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
         raise SystemExit(130)
     if checkpoint.diverged_epoch is not None:
         raise UserError(

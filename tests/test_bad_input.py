@@ -99,6 +99,7 @@ DATA_CASES = [
     ("missing-column", lambda d: text_file(d, "c.csv", "feature\n" + "1 " * 2304), "unexpected columns"),
     ("extra-column", lambda d: text_file(d, "c.csv", good_test().replace("id,feature", "id,feature,x").replace("\n", ",1\n")[: -2] + "\n"), "unexpected columns"),
     ("wrong-separator", lambda d: text_file(d, "c.csv", good_test().replace(",", ";")), "unexpected columns"),
+    ("no-header", lambda d: text_file(d, "c.csv", good_train().split("\n", 1)[1]), "the first line is a data row"),
     ("extra-field-in-a-row", lambda d: text_file(d, "c.csv", good_test().replace("\n1,", "\n1,5,")), "line 3"),
     ("2303-pixels", lambda d: text_file(d, "c.csv", good_test().rsplit(" ", 1)[0] + "\n"), "found 2303"),
     ("2305-pixels", lambda d: text_file(d, "c.csv", good_test().rstrip("\n") + " 7\n"), "found 2305"),
@@ -183,7 +184,7 @@ def test_missing_image_file(tmp_path, model_file, monkeypatch, capsys):
 
 OUTPUT_CASES = [
     ("existing-submission", lambda d: text_file(d, "sub.csv", "keep me"), "already exists; pass --force"),
-    ("missing-output-dir", lambda d: d / "no" / "sub.csv", "does not exist"),
+    ("missing-output-dir", lambda d: d / "no" / "sub.csv", "no: no such directory"),
     ("output-is-a-directory", lambda d: d, "is a directory"),
 ]
 
@@ -218,6 +219,7 @@ FLAG_CASES = [
     ("train_dnn", ["--label-smoothing", "1.5"], "--label-smoothing"),
     ("train_cnn", ["--optimizer", "rmsprop"], "--optimizer"),
     ("predict", ["--model", "m.keras"], "give --data"),
+    ("predict", ["--model", "runs/a/best.keras", "runs/b/best.keras", "--data", "x.csv"], "runs/b/best.keras is a model, not an image"),
     ("train_dnn", ["--teacher", "no_such_teacher.keras"], "no_such_teacher.keras"),
     ("train_dnn", ["--teacher-weight", "1.5"], "--teacher-weight"),
     ("train_dnn", ["--teacher-temperature", "0"], "--teacher-temperature"),
@@ -226,6 +228,9 @@ FLAG_CASES = [
     ("train_cnn", ["--time-budget", "-1"], "--time-budget"),
     ("train_mobilenet", ["--ema", "1"], "--ema"),
     ("train_cnn", ["--weight-decay", "-1e-4"], "--weight-decay"),
+    ("train_cnn", ["--epochs", "abc"], "argument --epochs: expected an integer, got 'abc'"),
+    ("train_cnn", ["--val-split", "half"], "argument --val-split: expected a number, got 'half'"),
+    ("train_dnn", ["--params", "10"], "--params 10: the closest 3-layer DNN has 2,335 parameters"),
     ("train_mobilenet", ["--dense", "32"], "--dense does not apply to --architecture residual"),
     ("train_mobilenet", ["--architecture", "hw8", "--stages", "8,16"], "--stages does not apply to --architecture hw8"),
 ]
@@ -243,7 +248,13 @@ def test_bad_flags(script, args, expected, tmp_path, monkeypatch, capsys):
 def test_training_on_unlabeled_test_csv(tmp_path, monkeypatch, capsys):
     data = text_file(tmp_path, "test.csv", good_test())
     code, err = invoke("train_dnn", ["--data", data, "--runs-dir", tmp_path / "runs"], monkeypatch, capsys)
-    assert code == 2 and "needs labeled rows" in err
+    assert code == 2 and "needs labeled rows for train and validation" in err
+
+
+def test_training_on_fer2013_without_publictest_rows(tmp_path, monkeypatch, capsys):
+    data = text_file(tmp_path, "fer2013.csv", header_rows("emotion,pixels,Usage", [f"{row},Training" for row in labeled_rows(14)]))
+    code, err = invoke("train_dnn", ["--data", data, "--runs-dir", tmp_path / "runs"], monkeypatch, capsys)
+    assert code == 2 and "needs labeled rows for validation (" in err
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path, monkeypatch, capsys):
@@ -264,3 +275,16 @@ def test_unusual_files_are_accepted_by_predict(tmp_path, model_file, monkeypatch
     assert code == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
+
+
+def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "cnn-1"
+    run_dir.mkdir()
+    for name, text in {"config.json": '{"family": "cnn"}', "state.json": '{"epochs_done": 1, "best": 0.5}', "last.keras": "", "history.csv": "epoch\n1\n"}.items():
+        (run_dir / name).write_text(text)
+    code, err = invoke("train_cnn", ["--resume", run_dir, "--epochs", 7, "--lr", 0.1], monkeypatch, capsys)
+    assert code == 2 and "drop --epochs, --lr" in err and err.count("\n") == 1, err
+    code, err = invoke("train_mobilenet", ["--resume", run_dir, "--quiet", "--resume-every", 0], monkeypatch, capsys)
+    assert code == 2 and f"{run_dir}: is a cnn run; resume it with train_cnn.py" in err, err
+    code, err = invoke("train_cnn", ["--resume", tmp_path / "no_such_run"], monkeypatch, capsys)
+    assert code == 2 and "no_such_run: no such run directory" in err, err

@@ -72,8 +72,9 @@ def test_step_timer_times_the_batches_after_the_warm_up():
     import numpy as np
 
     from bench import common
+    from fersuite.training import one_hot
 
     model = common.compile_like_suite(keras.Sequential([keras.Input((4,)), keras.layers.Dense(7, activation="softmax")]))
-    faces, targets = np.ones((20, 4), "float32"), common.one_hot(np.arange(20) % 7)
+    faces, targets = np.ones((20, 4), "float32"), one_hot(np.arange(20) % 7)
     rate = common.fit_rate(model, faces, targets, warmup=2, steps=3, batch_size=4)
     assert rate.images == 3 * 4 and rate.wall > 0

@@ -116,6 +116,8 @@ def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
     path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", fer2013_rows(20))
     packed = tmp_path / "pack" / "fer2013.npz.xz"  # its folder is made, as `mkdir -p` would
     assert data.main(["pack", str(path), str(packed)]) is None
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        data.main(["pack", str(path), str(packed)])
     original, loaded = data.load_table(path), data.load_table(packed)
     np.testing.assert_array_equal(loaded.pixels, original.pixels)
     np.testing.assert_array_equal(loaded.usage, original.usage)

@@ -161,6 +161,12 @@ def test_without_run_dirs_every_run_in_the_runs_dir_is_used(report, tmp_path):
     assert not (tmp_path / run_dir.name / "confusion.png").exists()
 
 
+def test_the_confusion_matrix_alone_goes_into_a_new_folder(report, tmp_path):
+    run_dir, _ = report
+    report_main([str(run_dir), "--figures", "confusion", "--out", str(tmp_path / "new" / "figures")])
+    assert (tmp_path / "new" / "figures" / run_dir.name / "confusion_matrix.csv").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -168,13 +174,15 @@ def test_without_run_dirs_every_run_in_the_runs_dir_is_used(report, tmp_path):
         (["--runs-dir", "{missing}"], "no such runs directory"),
         (["{run}", "--figures", "history,colour"], "unknown figure 'colour'"),
         (["{run}", "--figures", "filters", "--layer", "nope"], "has no layer 'nope'"),
+        (["{run}", "--figures", "history", "--out", "{file}"], "cannot create the figures directory"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, message):
     run_dir, _ = report
-    argv = [part.format(missing=tmp_path / "missing", run=run_dir) for part in argv]
+    (tmp_path / "notes.txt").write_text("not a folder")
+    argv = [part.format(missing=tmp_path / "missing", run=run_dir, file=tmp_path / "notes.txt") for part in argv]
     with pytest.raises(SystemExit) as stopped:
-        cli.run(lambda: report_main([*argv, "--out", str(tmp_path / "figures")]))
+        cli.run(lambda: report_main(["--out", str(tmp_path / "figures"), *argv]))
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error

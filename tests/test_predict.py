@@ -48,6 +48,14 @@ def test_fer2013_prints_public_and_private_accuracy(trained_model, fer2013_csv, 
     assert len(pd.read_csv(tmp_path / "s.csv")) == 12
 
 
+def test_a_submission_by_default_for_test_csv_only(trained_model, test_csv, fer2013_csv, tmp_path):
+    """Scoring a labeled file writes nothing unless asked, so it never blocks the next command's default."""
+    scored = run_script("predict.py", "--model", trained_model, "--data", fer2013_csv, check=True, cwd=tmp_path)
+    assert "private (PrivateTest) accuracy:" in scored.stdout and not (tmp_path / "submission.csv").exists()
+    run_script("predict.py", "--model", trained_model, "--data", test_csv, check=True, cwd=tmp_path)
+    assert len(pd.read_csv(tmp_path / "submission.csv")) == 12
+
+
 def test_ensemble_with_crops_averages_probabilities(trained_model, test_csv, tmp_path):
     result = run_script(
         "predict.py", "--model", trained_model, "--model", trained_model, "--tta", "crops",
