@@ -1,0 +1,218 @@
+"""The Keras callbacks of a training run: checkpoints and history, the time budget, NaN and Ctrl-C.
+
+Each does one job at an epoch or batch boundary of fit's own loop. StopOnNaN, the one that runs
+after every training batch, is marked safe for Keras to run off the loop's thread, so that under
+JAX fit need not wait for each step (the others run once an epoch, or only note a Ctrl-C)."""
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from fersuite.atomic import save_model, write_json, write_text
+
+MONITOR = "val_accuracy"
+COSINE_FLOOR = 0.01  # a cosine schedule ends at this share of its peak learning rate
+
+
+@contextlib.contextmanager
+def averaged_weights(model):
+    """With --ema, the optimizer's moving average of the weights in their place (what validation
+    scored; keras.callbacks.SwapEMAWeights swaps it in around each evaluation), then the weights back.
+
+    The average smooths the swings of the weights while the learning rate is high; at the end of a
+    short cosine run it trails them (bench/RESULTS.md), hence off by default. When fit ends Keras
+    writes the average into the weights, so a last.keras saved then holds it."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if not getattr(optimizer, "use_ema", False):
+        yield
+        return
+    pairs = list(zip(optimizer._trainable_variables, optimizer._model_variables_moving_average))
+    weights = [keras.ops.convert_to_numpy(variable) for variable, _ in pairs]
+    for variable, average in pairs:
+        variable.assign(average)
+    try:
+        yield
+    finally:
+        for (variable, _), value in zip(pairs, weights):
+            variable.assign(value)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After each epoch, atomically: history.csv, best.keras on a new best, and every
+    `resume_every` seconds (and at the end) last.keras + state.json.
+
+    Owning history and the best score here (rather than CSVLogger + ModelCheckpoint) keeps a
+    resumed run's history free of repeated epochs and its best model from being overwritten
+    by a worse one. last.keras holds the optimizer too (118 MB for the 5.9M CNN): on a GPU,
+    where an epoch takes a second, saving it after each one cost a third of the run's time.
+    The first epoch is always saved, so an interrupted run can always be resumed.
+    """
+
+    def __init__(self, run_dir, history=None, best=-math.inf, resume_every=60.0):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.rows = list(history or [])
+        self.best = best
+        self.resume_every = resume_every
+        self.diverged_epoch = None
+        self._epoch_start = None
+        self._saved_epochs = None
+        self._saved_at = -math.inf
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = time.perf_counter() - self._epoch_start
+        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in logs.items()}})
+        if not math.isfinite(logs.get("loss", 0.0)):
+            self.diverged_epoch = epoch + 1
+            self.model.stop_training = True
+        elif logs.get(MONITOR, -math.inf) > self.best:
+            self.best = logs[MONITOR]
+            with averaged_weights(self.model):
+                save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
+        write_text(self.run_dir / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
+        if self.diverged_epoch is None and time.perf_counter() - self._saved_at >= self.resume_every:
+            self.save_resume_state(epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if self.diverged_epoch is None and self.rows and self._saved_epochs != self.rows[-1]["epoch"]:
+            self.save_resume_state(int(self.rows[-1]["epoch"]))
+
+    def save_resume_state(self, epochs_done):
+        save_model(self.model, self.run_dir / "last.keras")
+        write_json(self.run_dir / "state.json", {"epochs_done": epochs_done, "best": self.best})
+        self._saved_epochs, self._saved_at = epochs_done, time.perf_counter()
+
+
+def budget_learning_rate(peak, epoch, warmup_epochs, epochs, progress):
+    """Learning rate for `epoch` (0-based) of a --time-budget run: linear warm-up from peak/10 over
+    warmup_epochs, then cosine decay over whichever ends first, the epochs or the time budget.
+
+    progress: the share of the epochs that the budget holds that is done (0..1)."""
+    warmup_epochs = min(warmup_epochs, epochs - 1)
+    if epoch < warmup_epochs:
+        return peak * (0.1 + 0.9 * epoch / warmup_epochs)
+    progress = min(1.0, max(progress, epoch / epochs))
+    return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def epoch_pace(durations):
+    """Seconds an epoch takes: the median after the first, which also compiles (a minute on a GPU
+    where the others take a second)."""
+    return float(np.median(durations[1:])) if len(durations) > 1 else float(durations[0])
+
+
+def budget_progress(epochs_done, seconds_left, pace):
+    """The share of the epochs that the budget holds that is done, at `pace` seconds per epoch."""
+    return epochs_done / (epochs_done + max(0.0, seconds_left) / pace)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """--time-budget: end before the budget runs out, on a learning rate decayed over that time.
+
+    A fixed slot on a GPU (or a CPU night) then gives the most epochs it can hold, whatever the
+    chip's speed, and still finishes the cosine schedule. Time is wall time from `started` (when
+    the run began loading its data: the teachers' predictions and checkpoints count too), so the
+    run ends when asked; the schedule follows the epochs done against the epochs the rest of the
+    budget holds at the steady pace, so the first epoch's compilation does not eat into the
+    decay. A resumed run counts its earlier epochs' seconds. The rate depends on measured time, so
+    such a run is not exactly reproducible."""
+
+    def __init__(self, config, checkpoint, started=None):
+        super().__init__()
+        self.budget = config["time_budget"] * 60
+        self.config = config
+        self.earlier = sum(row["seconds"] for row in checkpoint.rows)
+        self.started = time.perf_counter() if started is None else started
+        self.durations = []
+
+    def spent(self):
+        return self.earlier + time.perf_counter() - self.started
+
+    def on_train_begin(self, logs=None):
+        self._last_end = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.config["schedule"] == "cosine":
+            progress = self.earlier / self.budget
+            if self.durations:
+                progress = budget_progress(epoch, self.budget - self.spent(), epoch_pace(self.durations))
+            rate = budget_learning_rate(self.config["lr"], epoch, self.config["warmup_epochs"], self.config["epochs"], progress)
+            self.model.optimizer.learning_rate.assign(rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.durations.append(now - self._last_end)
+        self._last_end = now
+        if self.spent() + epoch_pace(self.durations) > self.budget:
+            print(f"time budget: {self.spent() / 60:.1f} of {self.budget / 60:g} minutes used, stopping after epoch {epoch + 1}")
+            self.model.stop_training = True
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Keras's TerminateOnNaN, made so that fit need not wait for each step.
+
+    A per-batch callback that Keras may not run off the training loop's thread makes fit turn
+    every step's loss into a Python number before the next step starts (on JAX, the one backend
+    where Keras dispatches callbacks asynchronously): the host waits for the GPU and the GPU for
+    the host at every step. This one is marked async-safe: the loss is read in Keras's worker
+    thread, and the run is stopped from the loop's thread at the next batch (one more step), because
+    under JAX `self.model` copies the training state into the model and must not race the loop."""
+
+    async_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.nan_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.nan_batch is None and loss is not None and not math.isfinite(loss):
+            self.nan_batch = batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.nan_batch is not None:
+            print(f"batch {self.nan_batch + 1}: the loss is NaN, stopping")
+            self.model.stop_training = True
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Ctrl-C ends the run even when Python drops its KeyboardInterrupt.
+
+    Python raises a signal's KeyboardInterrupt wherever the main thread is; inside a garbage-collector
+    callback (JAX registers one) it is only reported as ignored, and fit went on to its last epoch
+    (seen once under JAX). While the run lasts (`with CtrlC() as ctrl_c:`), the handler also notes
+    the press, and the next training or validation batch raises it again."""
+
+    pressed = False
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exception):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _press(self, number, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def _raise_if_pressed(self, *arguments, **keywords):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_epoch_begin = on_train_batch_begin = on_test_batch_begin = _raise_if_pressed
