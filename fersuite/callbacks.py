@@ -21,6 +21,13 @@ MONITOR = "val_accuracy"
 COSINE_FLOOR = 0.01  # a cosine schedule ends at this share of its peak learning rate
 
 
+def best_row(history):
+    """The row of a history table with the best validation accuracy (the first, on a tie), or None before any."""
+    if history is None or MONITOR not in history or not history[MONITOR].notna().any():
+        return None
+    return history.loc[history[MONITOR].idxmax()]
+
+
 @contextlib.contextmanager
 def averaged_weights(model):
     """With --ema, the optimizer's moving average of the weights in their place (what validation

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from fersuite import EMOTIONS, backend, complexity, evaluation
 from fersuite.atomic import save_figure, write_text
+from fersuite.callbacks import best_row
 from fersuite.data import Split, file_digest, load_splits, split_seed
 from fersuite.errors import UserError
 
@@ -86,9 +87,8 @@ def _face(image):
 def plot_history(history, path, title, best_epoch=None):
     """Accuracy and loss per epoch, train vs validation, the best validation epoch starred."""
     if best_epoch not in set(history["epoch"]):
-        best_epoch = None
-    if best_epoch is None and "val_accuracy" in history and history["val_accuracy"].notna().any():
-        best_epoch = int(history.loc[history["val_accuracy"].idxmax(), "epoch"])
+        best = best_row(history)
+        best_epoch = None if best is None else int(best["epoch"])
     marker = "o" if len(history) <= 30 else None
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     for axis, metric in zip(figure.subplots(1, 2), ("accuracy", "loss")):
@@ -138,15 +138,21 @@ def _label_title(true, predicted, confidence):
     return f"true {EMOTIONS[true]}\npred {EMOTIONS[predicted]} {confidence:.2f}"
 
 
+def _image_grid(rows, columns, panel, margin):
+    """A figure of rows x columns image panels (`panel` inches each, plus `margin`), axes hidden."""
+    figure = Figure(figsize=(panel[0] * columns + margin[0], panel[1] * rows + margin[1]), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    return figure, axes
+
+
 def plot_saliency(faces, saliency, true, predicted, confidence, path, title):
     """Per image a column: the face, its saliency map, and the map laid over the face."""
     count = len(faces)
     columns = min(count, len(EMOTIONS))
     groups = math.ceil(count / columns)
-    figure = Figure(figsize=(1.8 * columns + 0.6, 5.6 * groups + 0.5), layout="constrained")
-    axes = figure.subplots(3 * groups, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.set_axis_off()
+    figure, axes = _image_grid(3 * groups, columns, (1.8, 5.6 / 3), (0.6, 0.5))
     for index in range(count):
         group, column = divmod(index, columns)
         face_axis, map_axis, overlay_axis = axes[3 * group : 3 * group + 3, column]
@@ -169,11 +175,7 @@ def plot_saliency(faces, saliency, true, predicted, confidence, path, title):
 
 def plot_filters(patterns, filters, path, title):
     """Images that maximize each filter's mean activation, one panel per filter."""
-    rows, columns = _grid(len(patterns))
-    figure = Figure(figsize=(1.6 * columns + 0.4, 1.75 * rows + 0.8), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.set_axis_off()
+    figure, axes = _image_grid(*_grid(len(patterns)), (1.6, 1.75), (0.4, 0.8))
     for axis, pattern, number in zip(axes.flat, patterns, filters):
         axis.imshow(_stretch(pattern), cmap="gray", vmin=0, vmax=1)
         axis.set_title(f"filter {number}", fontsize=9)
@@ -183,11 +185,7 @@ def plot_filters(patterns, filters, path, title):
 
 def plot_activations(face, activations, path, title, label=None):
     """The face, then one activation map per channel (each with its own colour scale)."""
-    rows, columns = _grid(activations.shape[-1] + 1)
-    figure = Figure(figsize=(1.6 * columns + 0.4, 1.75 * rows + 0.8), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.set_axis_off()
+    figure, axes = _image_grid(*_grid(activations.shape[-1] + 1), (1.6, 1.75), (0.4, 0.8))
     axes.flat[0].imshow(_face(face), cmap="gray", vmin=0, vmax=255)
     axes.flat[0].set_title("input" if label is None else f"input ({EMOTIONS[label]})", fontsize=9)
     for channel, axis in enumerate(axes.flat[1 : activations.shape[-1] + 1]):
@@ -221,10 +219,7 @@ def plot_mistakes(faces, true, predicted, confidence, path, title):
         return _save(figure, path)
     columns = min(8, len(faces))
     rows = math.ceil(len(faces) / columns)
-    figure = Figure(figsize=(1.7 * columns + 0.3, 2.05 * rows + 0.7), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.set_axis_off()
+    figure, axes = _image_grid(rows, columns, (1.7, 2.05), (0.3, 0.7))
     for index, axis in enumerate(axes.flat[: len(faces)]):
         axis.imshow(_face(faces[index]), cmap="gray", vmin=0, vmax=255)
         axis.set_title(_label_title(true[index], predicted[index], confidence[index]), fontsize=9)
@@ -499,22 +494,17 @@ class Run:
     def model_path(self):
         return self.path / "best.keras"
 
-    def _best_row(self):
-        """The history row of the best validation accuracy; metrics.json exists only once a run ends."""
-        if self.history is None or "val_accuracy" not in self.history or not self.history["val_accuracy"].notna().any():
-            return None
-        return self.history.loc[self.history["val_accuracy"].idxmax()]
-
     def best_val_accuracy(self):
+        """From metrics.json once the run has ended, else from its history so far."""
         if "best_val_accuracy" in self.metrics:
             return float(self.metrics["best_val_accuracy"])
-        best = self._best_row()
+        best = best_row(self.history)
         return None if best is None else float(best["val_accuracy"])
 
     def best_epoch(self):
         if "best_epoch" in self.metrics:
             return int(self.metrics["best_epoch"])
-        best = self._best_row()
+        best = best_row(self.history)
         return None if best is None else int(best["epoch"])
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from fersuite import AUGMENTATION, EMOTIONS, __version__, backend, cli, evaluation, quantize, teachers
 from fersuite.atomic import write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
-from fersuite.callbacks import COSINE_FLOOR, MONITOR, CtrlC, RunCheckpoint, StopOnNaN, TimeBudget
+from fersuite.callbacks import COSINE_FLOOR, MONITOR, CtrlC, RunCheckpoint, StopOnNaN, TimeBudget, best_row
 from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
@@ -327,8 +327,8 @@ def finish(run_dir, config, checkpoint, validation, wall, interrupted):
         "diverged_epoch": checkpoint.diverged_epoch,
         "backend": backend.name(),
     }
-    if len(history) and MONITOR in history and history[MONITOR].notna().any():
-        best = history.loc[history[MONITOR].idxmax()]
+    best = best_row(history)
+    if best is not None:
         metrics.update(best_val_accuracy=float(best[MONITOR]), best_epoch=int(best["epoch"]))
         metrics["train_images_per_second"] = round(config["train_rows"] / metrics["seconds_per_epoch"], 1)
     best_path = Path(run_dir) / "best.keras"
