@@ -54,6 +54,8 @@ def parse_args():
         parser.error(f"{models[0]} is a model, not an image: give each model with its own --model (a glob such as runs/*/best.keras names several)")
     if args.images and args.data:
         parser.error("give either --data or image files, not both")
+    if args.images and args.out:
+        parser.error("--out writes a submission for --data; the predictions for image files are printed (redirect them to a file)")
     return args
 
 

@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories (default: every run in --runs-dir)")
     parser.add_argument("--runs-dir", default="runs", help="where to look when no RUN_DIR is given (default: %(default)s)")
-    parser.add_argument("--out", default="out/figures", metavar="FIG_DIR", help="(default: %(default)s)")
+    parser.add_argument("--out", default="out/figures", metavar="FIG_DIR", help="folder for the figures: FIG_DIR/<run>/ per run, the comparison in FIG_DIR (default: %(default)s)")
     parser.add_argument("--figures", type=figure_list, default=FIGURES, help=f"comma-separated, from {','.join(FIGURES)} (default: all)")
 
     data = parser.add_argument_group("data")
@@ -63,6 +63,7 @@ def main(argv=None):
     from fersuite import plots
 
     runs = [plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)]
+    plots.output_dir(args.out)
     options = plots.Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(plots.Options)})
     cache = plots.SplitCache()
     for run in runs:

@@ -59,6 +59,8 @@ def main():
     network.add_argument("--conv-dropout", type=cli.fraction, default=0.1, help="after each block; the HW3 report used 0.25 (default: %(default)s)")
     network.add_argument("--dense-dropout", type=cli.fraction, default=0.3, help="in the head; the HW3 report used 0.5 (default: %(default)s)")
     args = parser.parse_args()
+    if len(args.filters) > 5:
+        parser.error(f"--filters: at most 5 blocks, each halves the 48-pixel face (got {len(args.filters)})")
 
     from fersuite import training
 

@@ -24,6 +24,9 @@ def run(main):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def quiet_backend_logs():
@@ -96,6 +99,20 @@ def _number(text, kind):
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
 
 
+def non_negative_int(text):
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def non_negative(text):
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def positive_int(text):
     value = _number(text, int)
     if value < 1:
@@ -149,6 +166,9 @@ class TrainingParser(Parser):
             if given:
                 flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
                 self.error(f"--resume continues a run with the settings in its config.json; drop {flags} (or start a new run with --init-from RUN_DIR/best.keras)")
+            for name in RESUME_SETTINGS[1:]:  # not given again: the run's own setting stands
+                if getattr(parsed, name) == self.get_default(name):
+                    delattr(parsed, name)
         return parsed
 
 
@@ -170,10 +190,10 @@ def training_parser(description, defaults):
     optimization.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)")
     optimization.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=defaults.get("optimizer", "adam"), help="sgd is Nesterov momentum 0.9 (default: %(default)s)")
     optimization.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)")
-    optimization.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.0), help="for adamw/sgd (default: %(default)s)")
+    optimization.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.0), help="decoupled weight decay, with any --optimizer (default: %(default)s)")
     optimization.add_argument("--schedule", choices=("plateau", "cosine", "constant"), default=defaults.get("schedule", "cosine"), help="(default: %(default)s)")
-    optimization.add_argument("--warmup-epochs", type=int, default=defaults.get("warmup_epochs", 0), help="linear warm-up before cosine decay (default: %(default)s)")
-    optimization.add_argument("--patience", type=int, default=defaults.get("patience", 0), help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)")
+    optimization.add_argument("--warmup-epochs", type=non_negative_int, default=defaults.get("warmup_epochs", 0), help="linear warm-up before cosine decay (default: %(default)s)")
+    optimization.add_argument("--patience", type=non_negative_int, default=defaults.get("patience", 0), help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)")
     optimization.add_argument("--label-smoothing", type=fraction, default=defaults.get("label_smoothing", 0.0), help="(default: %(default)s)")
     optimization.add_argument("--ema", type=fraction, default=defaults.get("ema", 0.0), metavar="MOMENTUM", help="validate and keep the best of an exponential moving average of the weights (Polyak averaging), updated each step with this momentum; 0 = off, 0.999 averages about the last 1,000 steps (default: %(default)s)")
     optimization.add_argument("--class-weight", choices=("none", "balanced"), default="none", help="balanced up-weights rare classes such as Disgust (default: %(default)s)")
@@ -187,7 +207,7 @@ def training_parser(description, defaults):
 
     augmentation = parser.add_argument_group("augmentation (ImageDataGenerator's names; applied on the device)")
     augmentation.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are")
-    augmentation.add_argument("--rotation-range", type=float, default=defaults.get("rotation_range", AUGMENTATION["rotation_range"]), help="degrees (default: %(default)s)")
+    augmentation.add_argument("--rotation-range", type=non_negative, default=defaults.get("rotation_range", AUGMENTATION["rotation_range"]), help="degrees (default: %(default)s)")
     augmentation.add_argument("--width-shift-range", type=fraction, default=defaults.get("width_shift_range", AUGMENTATION["width_shift_range"]), help="fraction of width (default: %(default)s)")
     augmentation.add_argument("--height-shift-range", type=fraction, default=defaults.get("height_shift_range", AUGMENTATION["height_shift_range"]), help="fraction of height (default: %(default)s)")
     augmentation.add_argument("--zoom-range", type=fraction, default=defaults.get("zoom_range", AUGMENTATION["zoom_range"]), help="(default: %(default)s)")

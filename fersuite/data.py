@@ -290,14 +290,14 @@ def load_splits(path, val_split=0.1, seed=0):
 
 def load_images(paths):
     """Image files of any size or colour as grayscale 48x48 uint8, the model's input."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     faces = []
     for path in paths:
         path = check_readable_file(path)
         try:
             with Image.open(path) as image:
-                face = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                face = ImageOps.exif_transpose(image).convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
                 faces.append(np.asarray(face, dtype=np.uint8))
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None

@@ -283,10 +283,11 @@ def plot_histories(histories, path):
     axes = figure.subplots(1, 2)
     colours = _line_colours(len(histories))
     for colour, (name, history) in zip(colours, histories.items()):
+        marker = "o" if len(history) <= 30 else None  # a run of one epoch is a point, not a line
         for axis, metric in zip(axes, ("accuracy", "loss")):
             if f"val_{metric}" in history:
-                axis.plot(history["epoch"], history[f"val_{metric}"], color=colour, linewidth=1.8, label=name)
-            axis.plot(history["epoch"], history[metric], color=colour, linewidth=1, linestyle="--", alpha=0.6)
+                axis.plot(history["epoch"], history[f"val_{metric}"], color=colour, linewidth=1.8, marker=marker, label=name)
+            axis.plot(history["epoch"], history[metric], color=colour, linewidth=1, linestyle="--", marker=marker, alpha=0.6)
     for axis, metric in zip(axes, ("accuracy", "loss")):
         axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid, train dashed")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -63,6 +63,8 @@ def check_config(config):
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
+    if config["data"] == str(cli.DEFAULT_TRAIN) and not cli.DEFAULT_TRAIN.exists():
+        raise UserError(f"{config['data']}: no such file (the default --data, the team's copy beside the project); pass --data with your train.csv or fer2013.csv")
     for path in [config.get("init_from"), *(config.get("teacher") or [])]:
         if path:
             check_readable_file(path)
@@ -95,7 +97,7 @@ def build_optimizer(config, steps_per_epoch):
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None, **average)
     if config["optimizer"] == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"], **average)
-    return keras.optimizers.Adam(learning_rate, **average)
+    return keras.optimizers.Adam(learning_rate, weight_decay=config["weight_decay"] or None, **average)
 
 
 def _callbacks(config, checkpoint, started=None):
@@ -217,11 +219,18 @@ def _resume_state(run_dir):
     return config, state, history
 
 
+def _script(family):
+    """The training script as it was called (a path from elsewhere works again), else its name."""
+    return sys.argv[0] if Path(sys.argv[0]).name == f"train_{family}.py" else f"train_{family}.py"
+
+
 def _resumed(run_dir, family, given):
     """A run to continue: its saved settings (with the few a command line may change), state and history."""
     config, state, history = _resume_state(run_dir)
     if config.get("family", family) != family:
         raise UserError(f"{run_dir}: is a {config['family']} run; resume it with train_{config['family']}.py")
+    if (run_dir / "metrics.json").is_file() and json.loads((run_dir / "metrics.json").read_text()).get("interrupted") is False:
+        raise UserError(f"{run_dir}: finished already; to train it longer, start a new run with --init-from {run_dir / 'best.keras'}")
     config = {**config, **{key: given[key] for key in cli.RESUME_SETTINGS if key in given}}
     print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     return config, state, history
@@ -299,7 +308,7 @@ def train(family, config, build_network, resume=None):
     metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
     if interrupted:
         if (run_dir / "state.json").exists():
-            print(f"\ninterrupted: best model and history are in {run_dir}\nresume with: python train_{family}.py --resume {run_dir}", file=sys.stderr)
+            print(f"\ninterrupted: best model and history are in {run_dir}\nresume with: python {_script(family)} --resume {run_dir}", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
         raise SystemExit(130)

@@ -228,6 +228,10 @@ FLAG_CASES = [
     ("train_cnn", ["--time-budget", "-1"], "--time-budget"),
     ("train_mobilenet", ["--ema", "1"], "--ema"),
     ("train_cnn", ["--weight-decay", "-1e-4"], "--weight-decay"),
+    ("train_cnn", ["--filters", "8,8,8,8,8,8"], "--filters: at most 5 blocks"),
+    ("train_mobilenet", ["--patience", "-1"], "argument --patience: must be 0 or more"),
+    ("train_dnn", ["--rotation-range", "-5"], "argument --rotation-range: must be 0 or more"),
+    ("predict", ["face.png", "--out", "x.csv"], "--out writes a submission for --data"),
     ("train_cnn", ["--epochs", "abc"], "argument --epochs: expected an integer, got 'abc'"),
     ("train_cnn", ["--val-split", "half"], "argument --val-split: expected a number, got 'half'"),
     ("train_dnn", ["--params", "10"], "--params 10: the closest 3-layer DNN has 2,335 parameters"),
@@ -288,3 +292,13 @@ def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_pat
     assert code == 2 and f"{run_dir}: is a cnn run; resume it with train_cnn.py" in err, err
     code, err = invoke("train_cnn", ["--resume", tmp_path / "no_such_run"], monkeypatch, capsys)
     assert code == 2 and "no_such_run: no such run directory" in err, err
+    (run_dir / "metrics.json").write_text('{"interrupted": false}')
+    code, err = invoke("train_cnn", ["--resume", run_dir], monkeypatch, capsys)
+    assert code == 2 and f"{run_dir}: finished already" in err, err
+
+
+def test_a_resumed_run_keeps_its_own_output_settings_unless_given_again():
+    parser = cli.training_parser("tiny", {"epochs": 1})
+    assert not hasattr(parser.parse_args(["--resume", "runs/x"]), "verbose")
+    given = parser.parse_args(["--resume", "runs/x", "--quiet", "--resume-every", "0"])
+    assert (given.verbose, given.resume_every) == (2, 0.0)

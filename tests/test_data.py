@@ -112,6 +112,19 @@ def test_images_any_size_and_colour_become_grayscale_48(tmp_path):
     assert faces.pixels[1].max() <= 10
 
 
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """Phones store a picture as the sensor saw it and record the turn that shows it upright."""
+    from PIL import Image
+
+    stored = np.zeros((48, 48), np.uint8)
+    stored[:24] = 255  # bright top half as stored; orientation 3 = shown turned by 180 degrees
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    face = data.load_images([tmp_path / "photo.jpg"]).pixels[0, ..., 0]
+    assert face[:24].mean() < 20 and face[24:].mean() > 235
+
+
 def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
     path = write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", fer2013_rows(20))
     packed = tmp_path / "pack" / "fer2013.npz.xz"  # its folder is made, as `mkdir -p` would

@@ -233,7 +233,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert f"resume with: python train_mobilenet.py --resume {run_dir}" in stderr
+    assert f"resume with: python {PROJECT / 'train_mobilenet.py'} --resume {run_dir}" in stderr  # as it was called
     assert (run_dir / "last.keras").exists()
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
@@ -490,7 +490,7 @@ def test_init_from_run_records_its_starting_model(train_csv, tmp_path):
 
 @pytest.mark.parametrize(
     "name,weight_decay,expected",
-    [("adam", 0.0, ("Adam", None)), ("adamw", 0.0, ("AdamW", 0.0)), ("adamw", 5e-4, ("AdamW", 5e-4)), ("sgd", 5e-4, ("SGD", 5e-4))],
+    [("adam", 0.0, ("Adam", None)), ("adam", 5e-4, ("Adam", 5e-4)), ("adamw", 0.0, ("AdamW", 0.0)), ("adamw", 5e-4, ("AdamW", 5e-4)), ("sgd", 5e-4, ("SGD", 5e-4))],
 )
 def test_optimizer_takes_the_weight_decay_asked_for(name, weight_decay, expected):
     """By class name: PyTorch's backend has classes of its own with Keras's names."""
