@@ -206,7 +206,9 @@ class CtrlC(keras.callbacks.Callback):
 
     def __enter__(self):
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        # A process started in the background by a script ignores SIGINT, so that a Ctrl-C meant for
+        # the script's foreground job spares it; that choice stands.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._press)
         return self
 

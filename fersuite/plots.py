@@ -614,7 +614,7 @@ def report_run(run, out_dir, figures, options=None, cache=None, log=print):
     """Every per-run figure and table asked for, into out_dir/<run name>/; returns the paths."""
     options = options or Options()
     cache = cache or SplitCache()
-    target = output_dir(Path(out_dir) / run.name)
+    target = Path(out_dir) / run.name
     written = []
 
     def wrote(paths):
@@ -661,7 +661,7 @@ def _prediction_figures(model, run, source, split, figures, options, target):
     confidence = probabilities.max(axis=1)
     if "confusion" in figures:
         matrix = evaluation.confusion_frame(split.labels, predictions)
-        write_text(target / "confusion_matrix.csv", matrix.to_csv())
+        write_text(output_dir(target) / "confusion_matrix.csv", matrix.to_csv())
         paths.append(target / "confusion_matrix.csv")
         paths += write_table(classification_table(split.labels, predictions), target / "classification_report")
         paths.append(plot_confusion(matrix.to_numpy(), target / "confusion.png", f"{run.name} on the {source}"))
@@ -680,7 +680,9 @@ def _prediction_figures(model, run, source, split, figures, options, target):
                 target / "saliency.png", f"{run.name}: saliency maps on the {source}",
             )
         )
-    if "features" in figures:
+    if "features" in figures and len(features) < 3:
+        print(f"{run.name}: {len(features)} images are too few for an embedding figure")
+    elif "features" in figures:
         sample = np.sort(np.random.default_rng(options.seed).permutation(len(features))[: options.embedding_images])
         for method, label in (("pca", "PCA"), ("tsne", "t-SNE"))[: 2 if options.tsne else 1]:
             points, names = embed(features[sample], method, options.seed)

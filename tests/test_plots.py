@@ -161,6 +161,12 @@ def test_without_run_dirs_every_run_in_the_runs_dir_is_used(report, tmp_path):
     assert not (tmp_path / run_dir.name / "confusion.png").exists()
 
 
+def test_too_few_images_for_an_embedding_are_skipped(report, tmp_path):
+    run_dir, _ = report
+    report_main([str(run_dir), "--figures", "features,mistakes", "--max-images", "2", "--out", str(tmp_path)])
+    assert sorted(path.name for path in (tmp_path / run_dir.name).iterdir()) == ["mistakes.png"]
+
+
 def test_the_confusion_matrix_alone_goes_into_a_new_folder(report, tmp_path):
     run_dir, _ = report
     report_main([str(run_dir), "--figures", "confusion", "--out", str(tmp_path / "new" / "figures")])

@@ -259,6 +259,19 @@ def test_ctrl_c_that_python_drops_still_stops_at_the_next_batch(monkeypatch):
     assert signal.getsignal(signal.SIGINT) is not ctrl_c._press
 
 
+def test_a_ctrl_c_that_the_process_ignores_stays_ignored():
+    """A script's background job ignores SIGINT, so that the Ctrl-C for its foreground job spares it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with callbacks.CtrlC():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with callbacks.CtrlC() as ctrl_c:
+            assert signal.getsignal(signal.SIGINT) == ctrl_c._press
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @keras.saving.register_keras_serializable(package="tests")
 class PoisonAfter(keras.layers.Layer):
     """Outputs NaN once it has seen `steps` training batches: a loss that blows up mid-run."""
