@@ -99,39 +99,23 @@ def _number(text, kind):
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
 
 
-def non_negative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+def _checked(kind, accept, requirement):
+    """An argparse type: the text as `kind`, refused with "must be <requirement>" unless accept(value)."""
+
+    def convert(text):
+        value = _number(text, kind)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
+        return value
+
+    return convert
 
 
-def non_negative(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_int(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def fraction(text):
-    value = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def open_fraction(text):
-    value = _number(text, float)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
+non_negative_int = _checked(int, lambda value: value >= 0, "0 or more")
+non_negative = _checked(float, lambda value: value >= 0, "0 or more")
+positive_int = _checked(int, lambda value: value >= 1, "at least 1")
+fraction = _checked(float, lambda value: 0 <= value < 1, "in [0, 1)")
+open_fraction = _checked(float, lambda value: 0 < value < 1, "between 0 and 1 (exclusive)")
 
 
 def int_list(text):
@@ -152,8 +136,8 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-# What a resumed run may take from its command line; every other setting comes from its config.json.
-RESUME_SETTINGS = ("resume", "resume_every", "verbose")
+# What a resumed run may be given again; every other setting comes from its config.json.
+RESUME_SETTINGS = ("resume_every", "verbose")
 
 
 class TrainingParser(Parser):
@@ -162,11 +146,11 @@ class TrainingParser(Parser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         if parsed.resume:
-            given = [name for name, value in vars(parsed).items() if name not in RESUME_SETTINGS and value != self.get_default(name)]
+            given = [name for name, value in vars(parsed).items() if name not in ("resume", *RESUME_SETTINGS) and value != self.get_default(name)]
             if given:
                 flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
                 self.error(f"--resume continues a run with the settings in its config.json; drop {flags} (or start a new run with --init-from RUN_DIR/best.keras)")
-            for name in RESUME_SETTINGS[1:]:  # not given again: the run's own setting stands
+            for name in RESUME_SETTINGS:  # not given again: the run's own setting stands
                 if getattr(parsed, name) == self.get_default(name):
                     delattr(parsed, name)
         return parsed
@@ -190,7 +174,7 @@ def training_parser(description, defaults):
     optimization.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)")
     optimization.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=defaults.get("optimizer", "adam"), help="sgd is Nesterov momentum 0.9 (default: %(default)s)")
     optimization.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)")
-    optimization.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.0), help="decoupled weight decay, with any --optimizer (default: %(default)s)")
+    optimization.add_argument("--weight-decay", type=non_negative, default=defaults.get("weight_decay", 0.0), help="decoupled weight decay, with any --optimizer (default: %(default)s)")
     optimization.add_argument("--schedule", choices=("plateau", "cosine", "constant"), default=defaults.get("schedule", "cosine"), help="(default: %(default)s)")
     optimization.add_argument("--warmup-epochs", type=non_negative_int, default=defaults.get("warmup_epochs", 0), help="linear warm-up before cosine decay (default: %(default)s)")
     optimization.add_argument("--patience", type=non_negative_int, default=defaults.get("patience", 0), help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)")
