@@ -63,6 +63,7 @@ def main(argv=None):
     from fersuite import plots
 
     runs = [plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)]
+    plots.check_layer(runs, args.layer, args.figures)
     plots.output_dir(args.out)
     options = plots.Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(plots.Options)})
     cache = plots.SplitCache()

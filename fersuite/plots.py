@@ -375,6 +375,15 @@ def pick_conv_layer(model, name=None):
     return name
 
 
+def check_layer(runs, name, figures):
+    """Refuse a --layer that a run's model lacks before any figure is drawn, not halfway through."""
+    if name is None or not set(CONV_FIGURES) & set(figures):
+        return
+    for run in runs:
+        if run.model_path.is_file():
+            pick_conv_layer(evaluation.load_model(run.model_path), name)
+
+
 def predict(model, pixels, with_features=False, batch_size=256):
     """Class probabilities and, if asked, penultimate features (the input of 'logits'), one pass."""
     pixels = np.asarray(pixels, dtype="float32")

@@ -192,6 +192,7 @@ def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, 
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
+    assert not (tmp_path / "figures").exists()  # refused before any figure
 
 
 OTHER_BACKEND_SCRIPT = """
