@@ -31,7 +31,7 @@ import keras
 from keras import layers
 
 from bench import common
-from fersuite import INPUT_SHAPE, NUM_CLASSES
+from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES
 from fersuite.augment import RandomAffine
 from fersuite.cli import DEFAULT_TRAIN, positive_int
 from fersuite.data import load_table
@@ -61,15 +61,15 @@ class InTraining(layers.Layer):
 
 
 def keras_layers(seed=0):
-    """Keras's separate layers set to ImageDataGenerator's meaning of common.AUGMENT."""
+    """Keras's separate layers set to ImageDataGenerator's meaning of AUGMENTATION."""
     return [
-        layers.RandomRotation(common.AUGMENT["rotation_range"] / 360.0, fill_mode="nearest", seed=seed),
+        layers.RandomRotation(AUGMENTATION["rotation_range"] / 360.0, fill_mode="nearest", seed=seed),
         layers.RandomTranslation(
-            common.AUGMENT["height_shift_range"], common.AUGMENT["width_shift_range"], fill_mode="nearest", seed=seed
+            AUGMENTATION["height_shift_range"], AUGMENTATION["width_shift_range"], fill_mode="nearest", seed=seed
         ),
         layers.RandomZoom(
-            (-common.AUGMENT["zoom_range"], common.AUGMENT["zoom_range"]),
-            (-common.AUGMENT["zoom_range"], common.AUGMENT["zoom_range"]),
+            (-AUGMENTATION["zoom_range"], AUGMENTATION["zoom_range"]),
+            (-AUGMENTATION["zoom_range"], AUGMENTATION["zoom_range"]),
             fill_mode="nearest",
             seed=seed,
         ),
@@ -78,13 +78,13 @@ def keras_layers(seed=0):
 
 
 def fused_layer(seed=0):
-    return [RandomAffine(**common.AUGMENT, seed=seed)]
+    return [RandomAffine(**AUGMENTATION, seed=seed)]
 
 
 def image_data_generator():
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-    return ImageDataGenerator(**common.AUGMENT)
+    return ImageDataGenerator(**AUGMENTATION)
 
 
 def augmentation_rate(produce, batches, warmup, batch_size):
@@ -173,7 +173,7 @@ def training_speed(pixels, labels, args):
     generator.workers = args.workers
     rescale_only = cnn(args.network, preprocessing_layers())
     print(f"  {args.network} CNN: {rescale_only.count_params():,} parameters")
-    suite = cnn(args.network, preprocessing_layers(augment=common.AUGMENT, seed=0))
+    suite = cnn(args.network, preprocessing_layers(augment=AUGMENTATION, seed=0))
     measures = {
         "ImageDataGenerator -> fit": fit(rescale_only, generator),
         "RandomAffine in the model (suite)": fit(suite, pixels, targets),

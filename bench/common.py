@@ -17,11 +17,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fersuite import AUGMENTATION, backend
+from fersuite import backend
 from fersuite.cli import positive_int
 
 BATCH_SIZE = 128
-AUGMENT = AUGMENTATION
 # Building many models in one process makes TensorFlow warn about retracing; that is expected here.
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from bench import common
-from fersuite import INPUT_SHAPE, NUM_CLASSES
+from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES
 from fersuite.cli import DEFAULT_TEST, positive_int
 from fersuite.data import load_table
 from fersuite.evaluation import load_model, predict_probabilities, tta_views
@@ -40,7 +40,7 @@ TTA_MODES = ("none", "flip", "zoom")
 def saved_and_loaded(family, directory, cnn_parameters):
     """An untrained model of the family, through a .keras file like a trained one."""
     options = {"units": dnn_units_for_budget(cnn_parameters, INPUT_SHAPE, NUM_CLASSES)} if family == "dnn" else {}
-    model = BUILDERS[family](INPUT_SHAPE, NUM_CLASSES, preprocessing_layers(augment=common.AUGMENT), **options)
+    model = BUILDERS[family](INPUT_SHAPE, NUM_CLASSES, preprocessing_layers(augment=AUGMENTATION), **options)
     path = Path(directory) / f"{family}.keras"
     model.save(path)
     return load_model(path)

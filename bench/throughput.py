@@ -19,15 +19,15 @@ augmented / not augmented per family, and suite / reference for the CNN.
 """
 
 from bench import common
-from fersuite import INPUT_SHAPE, NUM_CLASSES
+from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES
 from fersuite.cli import DEFAULT_TRAIN, positive_int
 from fersuite.data import load_table
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
 from fersuite.training import one_hot
 
 FAMILIES = ("cnn", "dnn", "mobilenet")
-VARIANTS = {"augmented": {"augment": common.AUGMENT}, "not augmented": {}}
-CNN_DEFAULT = {"augmented + erasing": {"augment": common.AUGMENT, "erasing": 0.5}}  # train_cnn.py's default augmentation
+VARIANTS = {"augmented": {"augment": AUGMENTATION}, "not augmented": {}}
+CNN_DEFAULT = {"augmented + erasing": {"augment": AUGMENTATION, "erasing": 0.5}}  # train_cnn.py's default augmentation
 
 
 def build(family, preprocessing, cnn_parameters):
