@@ -257,24 +257,55 @@ def plot_parameters_vs_accuracy(summary, path, title=SIZE_TITLE):
     for family, rows in summary.groupby("family", sort=True):
         colour, marker = FAMILY_STYLES.get(family, OTHER_FAMILY_STYLE)
         axis.scatter(rows["parameters"], rows["best_val_accuracy"], s=70, color=colour, marker=marker, label=family, zorder=3)
-    decades = np.log10(summary["parameters"])
-    middle = decades.agg(["min", "max"]).mean()
-    # Of runs at about the same size, the most accurate is labelled above and the rest below,
-    # so labels of stacked points do not cross.
-    top = summary["best_val_accuracy"] == summary.groupby(decades.round(1))["best_val_accuracy"].transform("max")
-    for row, decade, above in zip(summary.itertuples(), decades, top):
-        left = len(summary) > 1 and decade > middle
-        offset = (-7 if left else 7, 6 if above else -12)
-        axis.annotate(
-            row.run, (row.parameters, row.best_val_accuracy), xytext=offset, textcoords="offset points", fontsize=8,
-            ha="right" if left else "left",
-        )
     axis.set_xscale("log")
     axis.margins(x=0.25, y=0.15)
     axis.set(xlabel="parameters (log scale)", ylabel="best validation accuracy", title=title)
     axis.grid(alpha=0.3, which="both")
-    axis.legend(title="family")
+    _label_points(axis, summary["parameters"], summary["best_val_accuracy"], summary["run"])
+    axis.legend(title="family")  # placed after the names: "best" keeps it off them too
     return _save(figure, path)
+
+
+# Where a point's name may go, in order of preference: offset in points, then alignment.
+LABEL_PLACES = tuple(
+    ((7 * dx, 6 * dy), ("right", "center", "left")[dx + 1], ("top", "center", "bottom")[dy + 1])
+    for dx, dy in ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+)
+
+
+def _label_points(axis, xs, ys, names):
+    """Each point's name beside it, on the first side where it covers no point and no other name,
+    inside the axes; with none free, the side that covers least.
+
+    Runs of about the same size and accuracy (a sweep's neighbours, two recipes of one network)
+    otherwise print their names over each other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(axis.figure).get_renderer()
+    axis.figure.draw(renderer)  # the layout engine fixes the axes' place first
+    radius = 6 * axis.figure.dpi / 72
+    centres = axis.transData.transform(np.column_stack([xs, ys]))
+    taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius) for x, y in centres]
+    inside = axis.get_window_extent(renderer)
+
+    def covered(box):
+        area = sum(max(0, min(box.x1, other.x1) - max(box.x0, other.x0)) * max(0, min(box.y1, other.y1) - max(box.y0, other.y0)) for other in taken)
+        return area + box.width * box.height * (not inside.contains(box.x0, box.y0) or not inside.contains(box.x1, box.y1))
+
+    for name, x, y in zip(names, xs, ys):
+        tries = []
+        for offset, horizontal, vertical in LABEL_PLACES:
+            label = axis.annotate(name, (x, y), xytext=offset, textcoords="offset points", fontsize=8, ha=horizontal, va=vertical)
+            box = label.get_window_extent(renderer)
+            tries.append((covered(box), len(tries), label, box))
+            if tries[-1][0] == 0:
+                break
+        _, _, label, box = min(tries, key=lambda attempt: attempt[:2])
+        for _, _, other, _ in tries:
+            if other is not label:
+                other.remove()
+        taken.append(box)
 
 
 def plot_histories(histories, path):

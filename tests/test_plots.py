@@ -153,6 +153,29 @@ def test_saliency_images_cover_every_class_first():
     assert len(set(chosen)) == 9
 
 
+def test_run_names_of_neighbouring_points_do_not_overlap():
+    """Two recipes of one network and a sweep's neighbours sit almost on one spot: each name goes
+    where it covers no other name and no point, and stays inside the axes."""
+    from matplotlib.figure import Figure
+
+    parameters = [1.50e6, 1.50e6, 1.52e6, 1.49e6, 6e4, 5.9e6]
+    accuracy = [0.660, 0.661, 0.659, 0.662, 0.62, 0.69]
+    names = [f"cnn-20261124-19225{index}" for index in range(len(parameters))]
+    axis = Figure(figsize=(9, 6), layout="constrained").subplots()
+    axis.scatter(parameters, accuracy, s=70)
+    axis.set_xscale("log")
+    axis.margins(x=0.25, y=0.15)
+    plots._label_points(axis, parameters, accuracy, names)
+    renderer = axis.figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in axis.texts]
+    centres = axis.transData.transform(np.column_stack([parameters, accuracy]))
+    assert [text.get_text() for text in axis.texts] == names
+    for index, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[index + 1 :])
+        assert not any(box.contains(x, y) for x, y in centres)
+        assert axis.get_window_extent(renderer).contains(box.x0, box.y0) and axis.get_window_extent(renderer).contains(box.x1, box.y1)
+
+
 def test_without_run_dirs_every_run_in_the_runs_dir_is_used(report, tmp_path):
     run_dir, _ = report
     report_main(["--runs-dir", str(run_dir.parent), "--out", str(tmp_path), "--figures", "history,compare"])
