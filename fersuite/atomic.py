@@ -46,12 +46,14 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def save_model(model, path, include_optimizer=True, float16=False):
+def save_model(model, path, include_optimizer=True, float16=False, entries=None):
     """Save a `.keras` file atomically (Keras insists the name ends in .keras).
 
     Without the optimizer (Adam keeps two more copies of every weight) a file is a third the size:
     what prediction and shipping need; resuming needs the optimizer. float16 halves it again
     for shipping: keras.saving.load_model casts the stored values back into float32 variables.
+    entries: more files for the archive, {name: text}; Keras's loader reads only its own, and what
+    must match the weights (a run's resume state) is then replaced together with them.
     """
     if not include_optimizer:
         lean = model.__class__.from_config(model.get_config())
@@ -61,6 +63,9 @@ def save_model(model, path, include_optimizer=True, float16=False):
         model.save(temporary)
         if float16:
             _store_weights_as_float16(temporary)
+        with zipfile.ZipFile(temporary, "a", zipfile.ZIP_DEFLATED) as archive:
+            for name, text in (entries or {}).items():
+                archive.writestr(name, text)
 
 
 def _store_weights_as_float16(path):

@@ -4,7 +4,7 @@ A run directory holds
   config.json          every setting, the backend, library versions and the data file's hash
   history.csv          one row per finished epoch (written atomically after each epoch)
   best.keras           the model with the best validation accuracy so far
-  last.keras, state.json   the latest epoch with optimizer state, for --resume
+  last.keras           the latest epoch with optimizer state and, inside, the resume state
   metrics.json         best validation accuracy, epochs, wall time, parameters
   confusion_matrix.csv best.keras on the validation split
 """
@@ -23,7 +23,16 @@ import pandas as pd
 from fersuite import AUGMENTATION, EMOTIONS, __version__, backend, cli, evaluation, quantize, teachers
 from fersuite.atomic import write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
-from fersuite.callbacks import COSINE_FLOOR, MONITOR, CtrlC, RunCheckpoint, StopOnNaN, TimeBudget, best_row
+from fersuite.callbacks import (
+    COSINE_FLOOR,
+    MONITOR,
+    CtrlC,
+    RunCheckpoint,
+    StopOnNaN,
+    TimeBudget,
+    best_row,
+    read_resume_state,
+)
 from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
@@ -100,19 +109,25 @@ def build_optimizer(config, steps_per_epoch):
     return keras.optimizers.Adam(learning_rate, weight_decay=config["weight_decay"] or None, **average)
 
 
-def _callbacks(config, checkpoint, started=None):
-    callbacks = [StopOnNaN()]
-    if config.get("ema"):
-        callbacks.append(keras.callbacks.SwapEMAWeights())
+def _patient_callbacks(config):
+    """The callbacks that count epochs without a new best: plateau decay and early stopping."""
+    patient = []
     if config["schedule"] == "plateau":
-        callbacks.append(
+        patient.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor=MONITOR, mode="max", factor=0.5, patience=max(2, config["patience"] // 3), min_lr=config["lr"] / 100, verbose=1
             )
         )
     if config["patience"] > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1))
-    callbacks.append(checkpoint)
+        patient.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1))
+    return patient
+
+
+def _callbacks(config, checkpoint, started=None):
+    callbacks = [StopOnNaN()]
+    if config.get("ema"):
+        callbacks.append(keras.callbacks.SwapEMAWeights())
+    callbacks += [*checkpoint.patient, checkpoint]  # the checkpoint restores their counters after they reset them
     if config.get("time_budget"):
         callbacks.append(TimeBudget(config, checkpoint, started))
     return callbacks
@@ -206,11 +221,13 @@ def _resume_state(run_dir):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
-    for name in ("config.json", "state.json", "last.keras", "history.csv"):
+    for name in ("config.json", "last.keras", "history.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: cannot resume, {name} is missing (no epoch finished yet?)")
+    state = read_resume_state(run_dir / "last.keras")
+    if state is None:
+        raise UserError(f"{run_dir}: cannot resume, last.keras holds no resume state (it was not saved by a training run of this version)")
     config = json.loads((run_dir / "config.json").read_text())
-    state = json.loads((run_dir / "state.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
     if MONITOR in history and history[MONITOR].notna().any():
         # best.keras may hold an epoch after the one last.keras saved: the epochs run again must beat it
@@ -275,7 +292,7 @@ def train(family, config, build_network, resume=None):
         config, state, history = _resumed(Path(resume), family, config)
     else:
         check_config(config)
-        state, history = {"epochs_done": 0, "best": -math.inf}, []
+        state, history = {"epochs_done": 0, "best": -math.inf, "counters": {}}, []
     backend.make_deterministic(config["seed"])
     use_gpu = backend.gpu_available()
     if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
@@ -290,7 +307,9 @@ def train(family, config, build_network, resume=None):
     print(f"run directory: {run_dir}")
     print(f"{family}: {config['parameters']:,} parameters, {len(train_split):,} training and {len(validation):,} validation images, backend {backend.name()}")
 
-    checkpoint = RunCheckpoint(run_dir, history, state["best"], config.get("resume_every", 60.0))
+    checkpoint = RunCheckpoint(
+        run_dir, history, state["best"], config.get("resume_every", 60.0), _patient_callbacks(config), state.get("counters")
+    )
     started = time.perf_counter()
     interrupted = False
     try:
@@ -307,7 +326,7 @@ def train(family, config, build_network, resume=None):
         interrupted = True
     metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
     if interrupted:
-        if (run_dir / "state.json").exists():
+        if (run_dir / "last.keras").exists():
             print(f"\ninterrupted: best model and history are in {run_dir}\nresume with: python {_script(family)} --resume {run_dir}", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)

@@ -10,7 +10,7 @@ import sys
 
 import keras
 import pytest
-from conftest import PROJECT, labeled_rows, unlabeled_rows
+from conftest import PROJECT, labeled_rows, unlabeled_rows, write_last_keras
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, cli, models
 
@@ -284,8 +284,9 @@ def test_unusual_files_are_accepted_by_predict(tmp_path, model_file, monkeypatch
 def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "cnn-1"
     run_dir.mkdir()
-    for name, text in {"config.json": '{"family": "cnn"}', "state.json": '{"epochs_done": 1, "best": 0.5}', "last.keras": "", "history.csv": "epoch\n1\n"}.items():
+    for name, text in {"config.json": '{"family": "cnn"}', "history.csv": "epoch\n1\n"}.items():
         (run_dir / name).write_text(text)
+    write_last_keras(run_dir / "last.keras", {"epochs_done": 1, "best": 0.5})
     code, err = invoke("train_cnn", ["--resume", run_dir, "--epochs", 7, "--lr", 0.1], monkeypatch, capsys)
     assert code == 2 and "drop --epochs, --lr" in err and err.count("\n") == 1, err
     code, err = invoke("train_mobilenet", ["--resume", run_dir, "--quiet", "--resume-every", 0], monkeypatch, capsys)

@@ -14,7 +14,16 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, labeled_rows, only_run, run_script, run_under, tiny_training_args, write_csv
+from conftest import (
+    PROJECT,
+    labeled_rows,
+    only_run,
+    run_script,
+    run_under,
+    tiny_training_args,
+    write_csv,
+    write_last_keras,
+)
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, callbacks, models, training
 from fersuite.augment import MixUpBatches, full_batch_order
@@ -22,7 +31,7 @@ from fersuite.data import load_splits
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
-RUN_FILES = {"config.json", "history.csv", "best.keras", "last.keras", "state.json", "metrics.json", "confusion_matrix.csv"}
+RUN_FILES = {"config.json", "history.csv", "best.keras", "last.keras", "metrics.json", "confusion_matrix.csv"}
 
 
 @pytest.mark.parametrize("family", ["cnn", "dnn", "mobilenet"])
@@ -138,9 +147,9 @@ def _history_rows(run_dir):
 
 
 def _epochs_done(run_dir):
-    """Finished epochs as the run itself records them (state.json is written last)."""
-    path = run_dir / "state.json"
-    return json.loads(path.read_text())["epochs_done"] if path.exists() else 0
+    """Finished epochs as the run itself records them, in last.keras (saved after history.csv)."""
+    state = callbacks.read_resume_state(run_dir / "last.keras")
+    return state["epochs_done"] if state else 0
 
 
 def _start_training(data, runs, epochs, resume_every=0):
@@ -209,17 +218,47 @@ def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, save
     faces, targets = np.ones((14, 4), "float32"), np.eye(NUM_CLASSES, dtype="float32")[np.arange(14) % NUM_CLASSES]
     model.fit(faces, targets, validation_data=(faces, targets), epochs=3, callbacks=[checkpoint], verbose=0)
     assert calls == saved
-    assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 3
+    assert callbacks.read_resume_state(tmp_path / "last.keras")["epochs_done"] == 3
     assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3]
     assert keras.saving.load_model(tmp_path / "last.keras").optimizer.iterations.numpy() == 3
+
+
+def test_a_resumed_run_decays_and_stops_at_the_epochs_the_uninterrupted_one_did(tmp_path):
+    """Plateau decay and early stopping count epochs without a new best; a resumed fit starts them
+    at zero unless last.keras brings their counters back. A learning rate of 1e-9 keeps the
+    validation accuracy flat, so both fire: the rate halves every 2 epochs, the run stops at 4."""
+    config = {"schedule": "plateau", "patience": 3, "lr": 1e-9}
+    faces = np.random.default_rng(0).random((14, 4), "float32")
+    targets = np.eye(NUM_CLASSES, dtype="float32")[np.arange(14) % NUM_CLASSES]
+
+    def fit(run_dir, model, epochs, state=None):
+        state = state or {"epochs_done": 0, "best": -math.inf}
+        history = pd.read_csv(run_dir / "history.csv").to_dict("records") if state["epochs_done"] else []
+        patient = training._patient_callbacks(config)
+        checkpoint = callbacks.RunCheckpoint(run_dir, history, state["best"], 0, patient, state.get("counters"))
+        model.fit(faces, targets, validation_data=(faces, targets), epochs=epochs, initial_epoch=state["epochs_done"], callbacks=[*patient, checkpoint], verbose=0)
+        return pd.read_csv(run_dir / "history.csv")[["epoch", "learning_rate"]]
+
+    def new_model():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(config["lr"]), loss="categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    uninterrupted = fit(whole, new_model(), epochs=10)
+    fit(parts, new_model(), epochs=2)
+    resumed = fit(parts, keras.saving.load_model(parts / "last.keras"), 10, callbacks.read_resume_state(parts / "last.keras"))
+    assert list(uninterrupted["epoch"]) == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
 
 
 def test_resume_keeps_a_best_model_saved_after_the_resume_state(tmp_path):
     """last.keras is saved at most once a minute, best.keras on every new best: the epochs run again
     after a resume must beat the best of the whole history, not the best when last.keras was saved."""
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "last.keras").write_text("")
-    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 1, "best": 0.3}))
+    write_last_keras(tmp_path / "last.keras", {"epochs_done": 1, "best": 0.3})
     pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.4]}).to_csv(tmp_path / "history.csv", index=False)
     _, state, history = training._resume_state(tmp_path)
     assert state == {"epochs_done": 1, "best": 0.5}
@@ -317,7 +356,7 @@ def train_until_nan(data, runs):
     run_dir = only_run(runs)
     model = keras.saving.load_model(run_dir / "best.keras")
     assert np.isfinite(model.predict(np.zeros((1, *INPUT_SHAPE)), verbose=0)).all()
-    assert json.loads((run_dir / "state.json").read_text())["epochs_done"] == 1
+    assert callbacks.read_resume_state(run_dir / "last.keras")["epochs_done"] == 1
 
 
 def train_with_ema(data, runs):
