@@ -35,15 +35,37 @@ def parse_args():
 
     parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", help="image files (PNG/JPG, any size or colour) to classify")
-    parser.add_argument("--model", action="append", help=f".keras file; repeat for an ensemble (default: {' + '.join(DEFAULT_ENSEMBLE)} in {MODELS_DIR.name}/)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help=f".keras file; repeat for an ensemble (default: {' + '.join(DEFAULT_ENSEMBLE)} in {MODELS_DIR.name}/)",
+    )
     parser.add_argument("--data", help="CSV to predict: test.csv (id,feature), fer2013.csv or a labeled train.csv")
     parser.add_argument("--out", help=f"submission file (default: {SUBMISSION} for a test.csv; none for labeled data)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
-    parser.add_argument("--tta", choices=TTA_CHOICES, default="zoom", help="test-time augmentation, views averaged: flip = the face and its mirror; crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther (6 views; +0.9 points over flip for the shipped ensemble on validation) (default: %(default)s)")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default="zoom",
+        help="test-time augmentation, views averaged: flip = the face and its mirror; "
+        "crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther "
+        "(6 views; +0.9 points over flip for the shipped ensemble on validation) (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
-    parser.add_argument("--validation", action="store_true", help="score each model and the ensemble on the validation split of a labeled --data; writes no submission")
-    parser.add_argument("--val-split", type=cli.open_fraction, default=0.1, help="with --validation: as given to train_*.py (default: %(default)s)")
-    parser.add_argument("--split-seed", type=int, default=0, help="with --validation: as given to train_*.py (default: %(default)s)")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="score each model and the ensemble on the validation split of a labeled --data; writes no submission",
+    )
+    parser.add_argument(
+        "--val-split",
+        type=cli.open_fraction,
+        default=0.1,
+        help="with --validation: as given to train_*.py (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="with --validation: as given to train_*.py (default: %(default)s)"
+    )
     args = parser.parse_args()
     if args.validation and not args.data:
         parser.error("--validation needs --data with labels")
@@ -51,11 +73,17 @@ def parse_args():
         parser.error("give --data CSV or image files")
     models = [name for name in args.images if name.endswith(".keras")]
     if models:
-        parser.error(f"{models[0]} is a model, not an image: give each model with its own --model (a glob such as runs/*/best.keras names several)")
+        parser.error(
+            f"{models[0]} is a model, not an image: give each model with its own --model "
+            "(a glob such as runs/*/best.keras names several)"
+        )
     if args.images and args.data:
         parser.error("give either --data or image files, not both")
     if args.images and args.out:
-        parser.error("--out writes a submission for --data; the predictions for image files are printed (redirect them to a file)")
+        parser.error(
+            "--out writes a submission for --data; "
+            "the predictions for image files are printed (redirect them to a file)"
+        )
     return args
 
 
@@ -114,13 +142,18 @@ def main():
         return
 
     rows = evaluation.submission_rows(table)
-    probabilities = evaluation.predict_probabilities(models, table.pixels[rows], args.tta, args.batch_size, verbose=1, names=paths)
+    probabilities = evaluation.predict_probabilities(
+        models, table.pixels[rows], args.tta, args.batch_size, verbose=1, names=paths
+    )
     for name, score, images in evaluation.labeled_scores(table, probabilities):
         print(f"{name}: {score:.4f} on {images} images")
     if args.out is None:
         return
     evaluation.write_submission(args.out, table.ids[rows], probabilities)
-    print(f"wrote {args.out}: {len(probabilities)} rows (id,label); models {' + '.join(map(str, paths))}, tta {args.tta}", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {len(probabilities)} rows (id,label); models {' + '.join(map(str, paths))}, tta {args.tta}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from fersuite import cli
 cli.quiet_backend_logs()
 
 # figures
-FIGURES = ("history", "confusion", "saliency", "filters", "activations", "features", "complexity", "mistakes", "compare")
+FIGURES = (
+    "history", "confusion", "saliency", "filters", "activations", "features", "complexity", "mistakes", "compare",
+)
 
 
 def figure_list(text):
@@ -28,31 +30,76 @@ def figure_list(text):
         return FIGURES
     unknown = [name for name in chosen if name not in FIGURES]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"unknown figure '{','.join(unknown) or text}'; choose from all,{','.join(FIGURES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown figure '{','.join(unknown) or text}'; choose from all,{','.join(FIGURES)}"
+        )
     return chosen
 
 
 def parse_args(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories (default: every run in --runs-dir)")
-    parser.add_argument("--runs-dir", default="runs", help="where to look when no RUN_DIR is given (default: %(default)s)")
-    parser.add_argument("--out", default="out/figures", metavar="FIG_DIR", help="folder for the figures: FIG_DIR/<run>/ per run, the comparison in FIG_DIR (default: %(default)s)")
-    parser.add_argument("--figures", type=figure_list, default=FIGURES, help=f"comma-separated, from {','.join(FIGURES)} (default: all)")
+    parser.add_argument(
+        "--runs-dir", default="runs", help="where to look when no RUN_DIR is given (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        default="out/figures",
+        metavar="FIG_DIR",
+        help="folder for the figures: FIG_DIR/<run>/ per run, the comparison in FIG_DIR (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--figures", type=figure_list, default=FIGURES, help=f"comma-separated, from {','.join(FIGURES)} (default: all)"
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="CSV to evaluate on (default: each run's config.json 'data')")
-    data.add_argument("--split", choices=("train", "validation", "test"), default="validation", help="labeled split to evaluate (default: %(default)s)")
+    data.add_argument(
+        "--split",
+        choices=("train", "validation", "test"),
+        default="validation",
+        help="labeled split to evaluate (default: %(default)s)",
+    )
     data.add_argument("--max-images", type=cli.positive_int, help="use only the split's first N images (default: all)")
 
     samples = parser.add_argument_group("samples")
-    samples.add_argument("--saliency-images", type=cli.positive_int, default=7, help="faces, round-robin over the classes (default: %(default)s)")
-    samples.add_argument("--filters", type=cli.positive_int, default=16, help="filters and activation maps to draw (default: %(default)s)")
-    samples.add_argument("--layer", help="conv layer for filters/activations, in every run given (default: each model's middle conv layer)")
-    samples.add_argument("--steps", type=cli.positive_int, default=40, help="gradient-ascent steps per filter image (default: %(default)s)")
-    samples.add_argument("--face", type=int, default=0, help="index in the split of the face for activation maps (default: %(default)s)")
-    samples.add_argument("--mistakes", type=cli.positive_int, default=16, help="most confident mistakes to show (default: %(default)s)")
-    samples.add_argument("--embedding-images", type=cli.positive_int, default=2000, help="random sample for the feature embedding (default: %(default)s)")
-    samples.add_argument("--tsne", action="store_true", help="also draw a t-SNE embedding (slow: keep --embedding-images small)")
+    samples.add_argument(
+        "--saliency-images",
+        type=cli.positive_int,
+        default=7,
+        help="faces, round-robin over the classes (default: %(default)s)",
+    )
+    samples.add_argument(
+        "--filters",
+        type=cli.positive_int,
+        default=16,
+        help="filters and activation maps to draw (default: %(default)s)",
+    )
+    samples.add_argument(
+        "--layer",
+        help="conv layer for filters/activations, in every run given (default: each model's middle conv layer)",
+    )
+    samples.add_argument(
+        "--steps",
+        type=cli.positive_int,
+        default=40,
+        help="gradient-ascent steps per filter image (default: %(default)s)",
+    )
+    samples.add_argument(
+        "--face", type=int, default=0, help="index in the split of the face for activation maps (default: %(default)s)"
+    )
+    samples.add_argument(
+        "--mistakes", type=cli.positive_int, default=16, help="most confident mistakes to show (default: %(default)s)"
+    )
+    samples.add_argument(
+        "--embedding-images",
+        type=cli.positive_int,
+        default=2000,
+        help="random sample for the feature embedding (default: %(default)s)",
+    )
+    samples.add_argument(
+        "--tsne", action="store_true", help="also draw a t-SNE embedding (slow: keep --embedding-images small)"
+    )
     samples.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     samples.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     return parser.parse_args(argv)

@@ -52,12 +52,27 @@ def build_network(config, preprocessing):
 def main():
     parser = cli.training_parser(__doc__, DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--filters", type=cli.int_list, default=CNN_FILTERS, help=f"filters per block, comma-separated (default: {','.join(map(str, CNN_FILTERS))})")
+    network.add_argument(
+        "--filters",
+        type=cli.int_list,
+        default=CNN_FILTERS,
+        help=f"filters per block, comma-separated (default: {','.join(map(str, CNN_FILTERS))})",
+    )
     network.add_argument("--convs-per-block", type=cli.positive_int, default=2, help="(default: %(default)s)")
     network.add_argument("--kernel-size", type=cli.positive_int, default=3, help="(default: %(default)s)")
     network.add_argument("--dense", type=cli.int_list, default=(512, 512), help="Dense layer widths (default: 512,512)")
-    network.add_argument("--conv-dropout", type=cli.fraction, default=0.1, help="after each block; the HW3 report used 0.25 (default: %(default)s)")
-    network.add_argument("--dense-dropout", type=cli.fraction, default=0.3, help="in the head; the HW3 report used 0.5 (default: %(default)s)")
+    network.add_argument(
+        "--conv-dropout",
+        type=cli.fraction,
+        default=0.1,
+        help="after each block; the HW3 report used 0.25 (default: %(default)s)",
+    )
+    network.add_argument(
+        "--dense-dropout",
+        type=cli.fraction,
+        default=0.3,
+        help="in the head; the HW3 report used 0.5 (default: %(default)s)",
+    )
     args = parser.parse_args()
     if len(args.filters) > 5:
         parser.error(f"--filters: at most 5 blocks, each halves the 48-pixel face (got {len(args.filters)})")

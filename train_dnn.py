@@ -47,9 +47,21 @@ def build_network(config, preprocessing):
 def main():
     parser = cli.training_parser(__doc__, DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--params", type=cli.positive_int, default=DEFAULT_CNN_PARAMETERS, help="parameter budget; widths are chosen to land within 2%% of it (default: %(default)s, the default CNN's)")
-    network.add_argument("--depth", type=cli.positive_int, default=3, help="number of hidden Dense layers (default: %(default)s)")
-    network.add_argument("--units", type=cli.int_list, default=None, help="explicit hidden widths, e.g. 1024,512 (overrides --params/--depth)")
+    network.add_argument(
+        "--params",
+        type=cli.positive_int,
+        default=DEFAULT_CNN_PARAMETERS,
+        help="parameter budget; widths are chosen to land within 2%% of it (default: %(default)s, the default CNN's)",
+    )
+    network.add_argument(
+        "--depth", type=cli.positive_int, default=3, help="number of hidden Dense layers (default: %(default)s)"
+    )
+    network.add_argument(
+        "--units",
+        type=cli.int_list,
+        default=None,
+        help="explicit hidden widths, e.g. 1024,512 (overrides --params/--depth)",
+    )
     network.add_argument("--dropout", type=cli.fraction, default=0.1, help="(default: %(default)s)")
     args = parser.parse_args()
 
@@ -60,7 +72,10 @@ def main():
         units = dnn_units_for_budget(args.params, INPUT_SHAPE, NUM_CLASSES, args.depth)
         closest = dnn_parameter_count(math.prod(INPUT_SHAPE), NUM_CLASSES, units)
         if abs(closest - args.params) > 0.02 * args.params:
-            parser.error(f"--params {args.params:,}: the closest {args.depth}-layer DNN has {closest:,} parameters; give a larger budget or --units")
+            parser.error(
+                f"--params {args.params:,}: the closest {args.depth}-layer DNN has {closest:,} parameters; "
+                "give a larger budget or --units"
+            )
 
     training.train("dnn", vars(args), build_network, resume=args.resume)
 

@@ -29,22 +29,56 @@ def build_network(config, preprocessing):
 
     if config["architecture"] == "hw8":
         options = {key: config[key] for key in ("stem", "blocks", "dense") if config.get(key) is not None}
-        return build_hw8_mobilenet(INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options)
+        return build_hw8_mobilenet(
+            INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options
+        )
     options = {key: config[key] for key in ("stem", "stages", "blocks_per_stage") if config.get(key) is not None}
-    return build_mobilenet(INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options)
+    return build_mobilenet(
+        INPUT_SHAPE, NUM_CLASSES, preprocessing, alpha=config["alpha"], dropout=config["dropout"], **options
+    )
 
 
 def main():
     parser = cli.training_parser(__doc__, DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--architecture", choices=("residual", "hw8"), default="residual", help="hw8 = the HW8 report's network (default: %(default)s)")
+    network.add_argument(
+        "--architecture",
+        choices=("residual", "hw8"),
+        default="residual",
+        help="hw8 = the HW8 report's network (default: %(default)s)",
+    )
     network.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default: %(default)s)")
-    network.add_argument("--dropout", type=cli.fraction, default=None, help="before the classifier (default: 0.1 residual, 0.2 hw8)")
-    network.add_argument("--stem", type=cli.int_list, default=None, help="stem convolution filters before alpha (default: 8,8 residual; 8 hw8)")
-    network.add_argument("--stages", type=cli.int_list, default=None, help="residual: filters per stage before alpha (default: 16,32,64,144)")
-    network.add_argument("--blocks-per-stage", type=cli.positive_int, default=None, help="residual: separable blocks per stage (default: 2)")
-    network.add_argument("--blocks", type=cli.int_list, default=None, help="hw8: pointwise filters per block before alpha; blocks 3, 5, 7 have stride 2 (default: 16,16,32,32,64,64,128,128)")
-    network.add_argument("--dense", type=cli.positive_int, default=None, help="hw8: Dense width before alpha (default: 64)")
+    network.add_argument(
+        "--dropout", type=cli.fraction, default=None, help="before the classifier (default: 0.1 residual, 0.2 hw8)"
+    )
+    network.add_argument(
+        "--stem",
+        type=cli.int_list,
+        default=None,
+        help="stem convolution filters before alpha (default: 8,8 residual; 8 hw8)",
+    )
+    network.add_argument(
+        "--stages",
+        type=cli.int_list,
+        default=None,
+        help="residual: filters per stage before alpha (default: 16,32,64,144)",
+    )
+    network.add_argument(
+        "--blocks-per-stage",
+        type=cli.positive_int,
+        default=None,
+        help="residual: separable blocks per stage (default: 2)",
+    )
+    network.add_argument(
+        "--blocks",
+        type=cli.int_list,
+        default=None,
+        help="hw8: pointwise filters per block before alpha; blocks 3, 5, 7 have stride 2 "
+        "(default: 16,16,32,32,64,64,128,128)",
+    )
+    network.add_argument(
+        "--dense", type=cli.positive_int, default=None, help="hw8: Dense width before alpha (default: 64)"
+    )
     args = parser.parse_args()
     if args.alpha <= 0:
         parser.error(f"--alpha must be positive, got {args.alpha}")

@@ -195,7 +195,13 @@ def fit_rate(model, inputs, labels, warmup, steps, batch_size=BATCH_SIZE, callba
     else:
         count = (warmup + steps) * batch_size
         model.fit(
-            inputs[:count], labels[:count], batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=callbacks
+            inputs[:count],
+            labels[:count],
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
         )
     return timer.rate(warmup, batch_size)
 

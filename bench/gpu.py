@@ -72,7 +72,9 @@ class GpuSampler:
 
 def gpu_name():
     try:
-        result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False, capture_output=True, text=True)
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False, capture_output=True, text=True
+        )
     except OSError:
         return None
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
@@ -140,9 +142,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="(default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2, help="per measure; the last one is timed (default: %(default)s)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the chip's dense fp16 peak (default: from the GPU's name)")
-    parser.add_argument("--time-to", type=float, metavar="ACCURACY", help="instead: minutes to this val accuracy in RUN_DIRs")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="per measure; the last one is timed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the chip's dense fp16 peak (default: from the GPU's name)"
+    )
+    parser.add_argument(
+        "--time-to", type=float, metavar="ACCURACY", help="instead: minutes to this val accuracy in RUN_DIRs"
+    )
     parser.add_argument("--quick", action="store_true", help="the bundled sample, 2 epochs, to try the script")
     parser.add_argument("run_dirs", nargs="*", help="finished runs, with --time-to")
     args = parser.parse_args()

@@ -26,7 +26,8 @@ optimizer; `--int8` for int8 kernels), `runs.tar.gz` (each run's config.json, hi
 metrics.json and confusion_matrix.csv, and the MobileNets' shipped `<name>.keras`, 0.1-1.7 MB
 each, so up to 3 MobileNet runs can go beside 5 others), `runs.log` (every run's output, each
 line prefixed by its run's name and written as it comes, so it comes back even from a command
-stopped at its limit) and `summary.json`. A name is the family, numbered from the second run of a family on: cnn, cnn-2, ...
+stopped at its limit) and `summary.json`. A name is the family, numbered from the second run of a \
+family on: cnn, cnn-2, ...
 """
 
 import argparse
@@ -63,12 +64,29 @@ QUICK_FLAGS = {
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_DATA), help="(default: %(default)s)")
-    parser.add_argument("--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)")
-    parser.add_argument("--out", type=absolute_path, required=True, help="folder for what comes back ($OUT on the lent machine)")
-    parser.add_argument("--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)")
-    parser.add_argument("--run", action="append", metavar="'[NAME=value ...] FAMILY [FLAGS]'", help=f"one run: environment settings for it, a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; repeat, at most {MAX_RUNS}, {MAX_FILES} of them CNN or DNN (default: cnn and mobilenet)")
+    parser.add_argument(
+        "--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", type=absolute_path, required=True, help="folder for what comes back ($OUT on the lent machine)"
+    )
+    parser.add_argument(
+        "--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "gpu-session"), help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--run",
+        action="append",
+        metavar="'[NAME=value ...] FAMILY [FLAGS]'",
+        help=f"one run: environment settings for it, a family ({', '.join(FAMILIES)}) and its train_<family>.py flags; "
+        f"repeat, at most {MAX_RUNS}, {MAX_FILES} of them CNN or DNN (default: cnn and mobilenet)",
+    )
     parser.add_argument("--int8", action="store_true", help="ship int8 kernels (fersuite.ship --int8)")
-    parser.add_argument("--threshold", type=float, default=0.70, help="report the minutes each run took to reach this val accuracy (default: %(default)s)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.70,
+        help="report the minutes each run took to reach this val accuracy (default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="the bundled sample, tiny networks, 0.05 minutes each")
     args = parser.parse_args()
     args.runs = named_runs(args.run or ["cnn", "mobilenet"], parser)
@@ -90,7 +108,10 @@ def named_runs(specs, parser):
         environment = dict(setting.split("=", 1) for setting in settings)
         runs[family if counts[family] == 1 else f"{family}-{counts[family]}"] = (family, flags, environment)
     if sum(count for family, count in counts.items() if family not in ARCHIVED) > MAX_FILES:
-        parser.error(f"at most {MAX_FILES} CNN and DNN --run: each model comes back as its own file, and only 8 files come back from the machine")
+        parser.error(
+            f"at most {MAX_FILES} CNN and DNN --run: "
+            "each model comes back as its own file, and only 8 files come back from the machine"
+        )
     return runs
 
 
@@ -108,7 +129,9 @@ def start_run(name, family, flags, environment, args, runs_dir, log):
     ]
     print(f"[{name}] {' '.join([*(f'{key}={value}' for key, value in environment.items()), *line])}", flush=True)
     settings = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1", **environment}
-    process = subprocess.Popen(line, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=settings)
+    process = subprocess.Popen(
+        line, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=settings
+    )
     reader = threading.Thread(target=copy_lines, args=(name, process.stdout, log), daemon=True)
     reader.start()
     return process, reader
@@ -122,12 +145,22 @@ def newest_run(runs_dir):
 def ship(run_dir, destination, int8):
     """Start shipping one run's best model; the runs ship side by side, as each takes seconds of
     start-up and loading that would add up inside the command's 10 minutes."""
-    line = [sys.executable, "-m", "fersuite.ship", str(run_dir / "best.keras"), str(destination), "--force", *(["--int8"] if int8 else [])]
+    line = [
+        sys.executable, "-m", "fersuite.ship", str(run_dir / "best.keras"), str(destination), "--force",
+        *(["--int8"] if int8 else []),
+    ]
     return subprocess.Popen(line, cwd=PROJECT)
 
 
 def summarise(name, family, flags, environment, run_dir, threshold, returncode):
-    row = {"name": name, "family": family, "flags": " ".join(flags), "environment": environment, "run": str(run_dir), "returncode": returncode}
+    row = {
+        "name": name,
+        "family": family,
+        "flags": " ".join(flags),
+        "environment": environment,
+        "run": str(run_dir),
+        "returncode": returncode,
+    }
     if run_dir is None or not (run_dir / "history.csv").is_file():
         return row
     history = pd.read_csv(run_dir / "history.csv")
@@ -162,12 +195,23 @@ def main():
     if args.quick:
         args.data, args.minutes = str(SAMPLE), 0.05
         args.runs = {
-            name: (family, [*QUICK_FLAGS[family].split(), "--batch-size", "16", "--warmup-epochs", "0", "--mixed-precision", "on", *flags], environment)
+            name: (
+                family,
+                [
+                    *QUICK_FLAGS[family].split(), "--batch-size", "16", "--warmup-epochs", "0",
+                    "--mixed-precision", "on", *flags,
+                ],
+                environment,
+            )
             for name, (family, flags, environment) in args.runs.items()
         }
     out, runs_dir = Path(args.out), Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"GPU: {gpu_name() or 'none found'}; backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; {args.minutes:g} minutes per run", flush=True)
+    print(
+        f"GPU: {gpu_name() or 'none found'}; backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; "
+        f"{args.minutes:g} minutes per run",
+        flush=True,
+    )
     started = time.perf_counter()
     with GpuSampler() as sampler, open(out / "runs.log", "w") as log:
         processes = {name: start_run(name, *run, args, runs_dir, log) for name, run in args.runs.items()}
@@ -176,7 +220,9 @@ def main():
             codes[name] = process.wait()
             reader.join()
     runs = {name: newest_run(runs_dir / name) for name in args.runs}
-    destinations = {name: (runs_dir if family in ARCHIVED else out) / f"{name}.keras" for name, (family, *_) in args.runs.items()}
+    destinations = {
+        name: (runs_dir if family in ARCHIVED else out) / f"{name}.keras" for name, (family, *_) in args.runs.items()
+    }
     shipping = {name: ship(runs[name], destinations[name], args.int8) for name in args.runs if codes[name] == 0}
     shipped = {name: process.wait() == 0 for name, process in shipping.items()}
     rows = [

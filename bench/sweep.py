@@ -42,10 +42,21 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=60, help="per size (default: %(default)s)")
-    parser.add_argument("--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)")
-    parser.add_argument("--out", type=absolute_path, default=str(PROJECT / "bench" / "sweep"), help="folder for runs.csv/.md and the figures (default: %(default)s)")
+    parser.add_argument(
+        "--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=absolute_path,
+        default=str(PROJECT / "bench" / "sweep"),
+        help="folder for runs.csv/.md and the figures (default: %(default)s)",
+    )
     parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
-    parser.add_argument("--sizes", default=None, help=f"comma-separated labels, a subset of {', '.join(LABELS)} (default: every size of --families)")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help=f"comma-separated labels, a subset of {', '.join(LABELS)} (default: every size of --families)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()

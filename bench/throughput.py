@@ -85,7 +85,10 @@ def main():
         print(f"  {family:10s} {parameters[family]:>10,} parameters  {variant:19s} {common.spread(rates)}")
     for family, variant in results:
         if family != "reference" and variant != "not augmented":
-            print(f"  {family} {variant} / not augmented = {common.ratio(results[family, variant], results[family, 'not augmented'])}")
+            print(
+                f"  {family} {variant} / not augmented = "
+                f"{common.ratio(results[family, variant], results[family, 'not augmented'])}"
+            )
     if "cnn" in families:
         reference = results["reference", "plain x/255"]
         for variant in ("not augmented", "augmented", *CNN_DEFAULT):

@@ -123,7 +123,9 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def save_resume_state(self, epochs_done):
         counters = {
-            type(callback).__name__: {name: _number(getattr(callback, name)) for name in COUNTERS if hasattr(callback, name)}
+            type(callback).__name__: {
+                name: _number(getattr(callback, name)) for name in COUNTERS if hasattr(callback, name)
+            }
             for callback in self.patient
         }
         state = {"epochs_done": epochs_done, "best": self.best, "counters": counters}
@@ -189,7 +191,9 @@ class TimeBudget(keras.callbacks.Callback):
             progress = self.earlier / self.budget
             if self.durations:
                 progress = budget_progress(epoch, self.budget - self.spent(), epoch_pace(self.durations))
-            rate = budget_learning_rate(self.config["lr"], epoch, self.config["warmup_epochs"], self.config["epochs"], progress)
+            rate = budget_learning_rate(
+                self.config["lr"], epoch, self.config["warmup_epochs"], self.config["epochs"], progress
+            )
             self.model.optimizer.learning_rate.assign(rate)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -197,7 +201,10 @@ class TimeBudget(keras.callbacks.Callback):
         self.durations.append(now - self._last_end)
         self._last_end = now
         if self.spent() + epoch_pace(self.durations) > self.budget:
-            print(f"time budget: {self.spent() / 60:.1f} of {self.budget / 60:g} minutes used, stopping after epoch {epoch + 1}")
+            print(
+                f"time budget: {self.spent() / 60:.1f} of {self.budget / 60:g} minutes used, "
+                f"stopping after epoch {epoch + 1}"
+            )
             self.model.stop_training = True
 
 
@@ -242,7 +249,10 @@ class CtrlC(keras.callbacks.Callback):
         self._previous = None
         # A process started in the background by a script ignores SIGINT, so that a Ctrl-C meant for
         # the script's foreground job spares it; that choice stands.
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
             self._previous = signal.signal(signal.SIGINT, self._press)
         return self
 

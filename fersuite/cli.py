@@ -43,7 +43,9 @@ def quiet_backend_logs():
     use_unbounded_threadpool" error line at the start of every fit. TF_CPP_MIN_LOG_LEVEL=0 shows it all."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    needed = "keras" not in sys.modules and not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
+    needed = "keras" not in sys.modules and not any(
+        isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path
+    )
     if needed:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
@@ -96,7 +98,9 @@ def _number(text, kind):
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got '{text}'"
+        ) from None
 
 
 def _checked(kind, accept, requirement):
@@ -146,10 +150,17 @@ class TrainingParser(Parser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         if parsed.resume:
-            given = [name for name, value in vars(parsed).items() if name not in ("resume", *RESUME_SETTINGS) and value != self.get_default(name)]
+            given = [
+                name
+                for name, value in vars(parsed).items()
+                if name not in ("resume", *RESUME_SETTINGS) and value != self.get_default(name)
+            ]
             if given:
                 flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-                self.error(f"--resume continues a run with the settings in its config.json; drop {flags} (or start a new run with --init-from RUN_DIR/best.keras)")
+                self.error(
+                    f"--resume continues a run with the settings in its config.json; drop {flags} "
+                    "(or start a new run with --init-from RUN_DIR/best.keras)"
+                )
             for name in RESUME_SETTINGS:  # not given again: the run's own setting stands
                 if getattr(parsed, name) == self.get_default(name):
                     delattr(parsed, name)
@@ -160,44 +171,210 @@ def training_parser(description, defaults):
     """The settings every family shares; `defaults` holds the family's best recipe."""
     parser = TrainingParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default=str(DEFAULT_TRAIN), help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine (default: %(default)s)")
-    data.add_argument("--val-split", type=open_fraction, default=0.1, help="validation fraction for the label,feature layout; fer2013.csv uses PublicTest (default: %(default)s)")
-    data.add_argument("--split-seed", type=int, default=0, help="which faces the label,feature layout holds out for validation; keep it the same across the models of an ensemble (default: %(default)s)")
+    data.add_argument(
+        "--data",
+        default=str(DEFAULT_TRAIN),
+        help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine (default: %(default)s)",
+    )
+    data.add_argument(
+        "--val-split",
+        type=open_fraction,
+        default=0.1,
+        help="validation fraction for the label,feature layout; fer2013.csv uses PublicTest (default: %(default)s)",
+    )
+    data.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="which faces the label,feature layout holds out for validation; "
+        "keep it the same across the models of an ensemble (default: %(default)s)",
+    )
     data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
-    data.add_argument("--init-from", metavar="MODEL", help="start from a trained .keras model's weights (the same network, trained on the same --data, --val-split and --split-seed), e.g. to train a shipped model longer with a new schedule")
-    data.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from the epoch its last.keras holds, with the settings in its config.json (only --resume-every and --quiet may be given again)")
-    data.add_argument("--resume-every", type=float, default=60.0, metavar="SECONDS", help="save last.keras, the state --resume continues from, at most this often and at the end; 0 = after every epoch (default: %(default)s)")
+    data.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from a trained .keras model's weights "
+        "(the same network, trained on the same --data, --val-split and --split-seed), "
+        "e.g. to train a shipped model longer with a new schedule",
+    )
+    data.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from the epoch its last.keras holds, with the settings in its config.json "
+        "(only --resume-every and --quiet may be given again)",
+    )
+    data.add_argument(
+        "--resume-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="save last.keras, the state --resume continues from, at most this often and at the end; "
+        "0 = after every epoch (default: %(default)s)",
+    )
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="(default: %(default)s)")
-    optimization.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES", help="stop before this many minutes from the start (data loading and --teacher predictions included), with the cosine schedule spread over them (or over --epochs, if they end first); for a fixed GPU slot. 0 = none (default: %(default)s)")
-    optimization.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)")
-    optimization.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=defaults.get("optimizer", "adam"), help="sgd is Nesterov momentum 0.9 (default: %(default)s)")
-    optimization.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)")
-    optimization.add_argument("--weight-decay", type=non_negative, default=defaults.get("weight_decay", 0.0), help="decoupled weight decay, with any --optimizer (default: %(default)s)")
-    optimization.add_argument("--schedule", choices=("plateau", "cosine", "constant"), default=defaults.get("schedule", "cosine"), help="(default: %(default)s)")
-    optimization.add_argument("--warmup-epochs", type=non_negative_int, default=defaults.get("warmup_epochs", 0), help="linear warm-up before cosine decay (default: %(default)s)")
-    optimization.add_argument("--patience", type=non_negative_int, default=defaults.get("patience", 0), help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)")
-    optimization.add_argument("--label-smoothing", type=fraction, default=defaults.get("label_smoothing", 0.0), help="(default: %(default)s)")
-    optimization.add_argument("--ema", type=fraction, default=defaults.get("ema", 0.0), metavar="MOMENTUM", help="validate and keep the best of an exponential moving average of the weights (Polyak averaging), updated each step with this momentum; 0 = off, 0.999 averages about the last 1,000 steps (default: %(default)s)")
-    optimization.add_argument("--class-weight", choices=("none", "balanced"), default="none", help="balanced up-weights rare classes such as Disgust (default: %(default)s)")
-    optimization.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=defaults.get("mixed_precision", "auto"), help="float16 compute; auto = on when a GPU is present (default: %(default)s)")
-    optimization.add_argument("--seed", type=int, default=0, help="initial weights, augmentation and shuffling; models trained with different seeds make an ensemble (default: %(default)s)")
+    optimization.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="stop before this many minutes from the start (data loading and --teacher predictions included), "
+        "with the cosine schedule spread over them (or over --epochs, if they end first); for a fixed GPU slot. "
+        "0 = none (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--batch-size", type=positive_int, default=defaults.get("batch_size", 128), help="(default: %(default)s)"
+    )
+    optimization.add_argument(
+        "--optimizer",
+        choices=("adam", "adamw", "sgd"),
+        default=defaults.get("optimizer", "adam"),
+        help="sgd is Nesterov momentum 0.9 (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)"
+    )
+    optimization.add_argument(
+        "--weight-decay",
+        type=non_negative,
+        default=defaults.get("weight_decay", 0.0),
+        help="decoupled weight decay, with any --optimizer (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--schedule",
+        choices=("plateau", "cosine", "constant"),
+        default=defaults.get("schedule", "cosine"),
+        help="(default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--warmup-epochs",
+        type=non_negative_int,
+        default=defaults.get("warmup_epochs", 0),
+        help="linear warm-up before cosine decay (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--patience",
+        type=non_negative_int,
+        default=defaults.get("patience", 0),
+        help="early stop after this many epochs without a better val accuracy; 0 = never (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--label-smoothing", type=fraction, default=defaults.get("label_smoothing", 0.0), help="(default: %(default)s)"
+    )
+    optimization.add_argument(
+        "--ema",
+        type=fraction,
+        default=defaults.get("ema", 0.0),
+        metavar="MOMENTUM",
+        help="validate and keep the best of an exponential moving average of the weights (Polyak averaging), "
+        "updated each step with this momentum; 0 = off, 0.999 averages about the last 1,000 steps "
+        "(default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        default="none",
+        help="balanced up-weights rare classes such as Disgust (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--mixed-precision",
+        choices=("auto", "on", "off"),
+        default=defaults.get("mixed_precision", "auto"),
+        help="float16 compute; auto = on when a GPU is present (default: %(default)s)",
+    )
+    optimization.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="initial weights, augmentation and shuffling; "
+        "models trained with different seeds make an ensemble (default: %(default)s)",
+    )
 
     distillation = parser.add_argument_group("distillation (soft targets from trained models)")
-    distillation.add_argument("--teacher", action="append", default=None, metavar="MODEL", help=".keras model whose predictions on the training images become soft targets, or a .npz of them saved by python -m fersuite.teachers; repeat for an ensemble. It must have been trained with the same --data, --val-split and --split-seed, or validation accuracy is inflated")
-    distillation.add_argument("--teacher-weight", type=fraction, default=defaults.get("teacher_weight", 0.5), help="share of the target taken from the teachers; the rest is the one-hot label (default: %(default)s)")
-    distillation.add_argument("--teacher-temperature", type=float, default=defaults.get("teacher_temperature", 1.0), help="above 1 softens the teachers' probabilities (default: %(default)s)")
+    distillation.add_argument(
+        "--teacher",
+        action="append",
+        default=None,
+        metavar="MODEL",
+        help=".keras model whose predictions on the training images become soft targets, "
+        "or a .npz of them saved by python -m fersuite.teachers; repeat for an ensemble. "
+        "It must have been trained with the same --data, --val-split and --split-seed, "
+        "or validation accuracy is inflated",
+    )
+    distillation.add_argument(
+        "--teacher-weight",
+        type=fraction,
+        default=defaults.get("teacher_weight", 0.5),
+        help="share of the target taken from the teachers; the rest is the one-hot label (default: %(default)s)",
+    )
+    distillation.add_argument(
+        "--teacher-temperature",
+        type=float,
+        default=defaults.get("teacher_temperature", 1.0),
+        help="above 1 softens the teachers' probabilities (default: %(default)s)",
+    )
 
     augmentation = parser.add_argument_group("augmentation (ImageDataGenerator's names; applied on the device)")
-    augmentation.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are")
-    augmentation.add_argument("--rotation-range", type=non_negative, default=defaults.get("rotation_range", AUGMENTATION["rotation_range"]), help="degrees (default: %(default)s)")
-    augmentation.add_argument("--width-shift-range", type=fraction, default=defaults.get("width_shift_range", AUGMENTATION["width_shift_range"]), help="fraction of width (default: %(default)s)")
-    augmentation.add_argument("--height-shift-range", type=fraction, default=defaults.get("height_shift_range", AUGMENTATION["height_shift_range"]), help="fraction of height (default: %(default)s)")
-    augmentation.add_argument("--zoom-range", type=fraction, default=defaults.get("zoom_range", AUGMENTATION["zoom_range"]), help="(default: %(default)s)")
-    augmentation.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=AUGMENTATION["horizontal_flip"], help="(default: %(default)s)")
-    augmentation.add_argument("--random-erasing", type=fraction, default=defaults.get("random_erasing", 0.0), help="probability of blanking one rectangle per image (default: %(default)s)")
-    augmentation.add_argument("--mixup", type=float, default=defaults.get("mixup", 0.0), metavar="ALPHA", help="blend pairs of training images and their labels, lam ~ Beta(ALPHA, ALPHA); 0 = off, 0.2-0.4 is usual (default: %(default)s)")
-    augmentation.add_argument("--normalization", choices=("unit", "featurewise"), default="unit", help="unit = pixels/255; featurewise = (pixels - mean) / std of the training set (default: %(default)s)")
-    parser.add_argument("--quiet", dest="verbose", action="store_const", const=2, default=1, help="one line per epoch instead of progress bars")
+    augmentation.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="train on the images as they are"
+    )
+    augmentation.add_argument(
+        "--rotation-range",
+        type=non_negative,
+        default=defaults.get("rotation_range", AUGMENTATION["rotation_range"]),
+        help="degrees (default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--width-shift-range",
+        type=fraction,
+        default=defaults.get("width_shift_range", AUGMENTATION["width_shift_range"]),
+        help="fraction of width (default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--height-shift-range",
+        type=fraction,
+        default=defaults.get("height_shift_range", AUGMENTATION["height_shift_range"]),
+        help="fraction of height (default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--zoom-range",
+        type=fraction,
+        default=defaults.get("zoom_range", AUGMENTATION["zoom_range"]),
+        help="(default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--horizontal-flip",
+        action=argparse.BooleanOptionalAction,
+        default=AUGMENTATION["horizontal_flip"],
+        help="(default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--random-erasing",
+        type=fraction,
+        default=defaults.get("random_erasing", 0.0),
+        help="probability of blanking one rectangle per image (default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--mixup",
+        type=float,
+        default=defaults.get("mixup", 0.0),
+        metavar="ALPHA",
+        help="blend pairs of training images and their labels, lam ~ Beta(ALPHA, ALPHA); "
+        "0 = off, 0.2-0.4 is usual (default: %(default)s)",
+    )
+    augmentation.add_argument(
+        "--normalization",
+        choices=("unit", "featurewise"),
+        default="unit",
+        help="unit = pixels/255; featurewise = (pixels - mean) / std of the training set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet",
+        dest="verbose",
+        action="store_const",
+        const=2,
+        default=1,
+        help="one line per epoch instead of progress bars",
+    )
     return parser

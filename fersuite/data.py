@@ -93,7 +93,14 @@ def pack_table(table, path):
     """A parsed table as uint8 .npz (+ xz with a delta filter): ~20% smaller than the .csv.xz,
     and loaded without parsing; how training rows travel to a GPU machine."""
     buffer = io.BytesIO()
-    np.savez(buffer, pixels=table.pixels, labels=table.labels, ids=table.ids, usage=table.usage, layout=np.array(table.layout))
+    np.savez(
+        buffer,
+        pixels=table.pixels,
+        labels=table.labels,
+        ids=table.ids,
+        usage=table.usage,
+        layout=np.array(table.layout),
+    )
     payload = buffer.getvalue()
     if str(path).endswith(".xz"):
         payload = lzma.compress(payload, format=lzma.FORMAT_XZ, filters=PACKED_FILTERS)
@@ -156,7 +163,9 @@ def _layout(path, columns):
         expected = " or ".join(",".join(names) for names in LAYOUTS)
         found = ",".join(columns)
         if any(len(column) > 40 for column in columns):  # the first line holds pixels: a data row, not a header
-            raise UserError(f"{path}: the first line is a data row ('{found[:40]}...'); the file needs a header line, {expected}")
+            raise UserError(
+                f"{path}: the first line is a data row ('{found[:40]}...'); the file needs a header line, {expected}"
+            )
         raise UserError(f"{path}: unexpected columns '{found}'; expected {expected}")
     return layout
 
@@ -210,7 +219,8 @@ def parse_labels(path, column, texts):
     if bad.size:
         row = bad[0]
         raise UserError(
-            f"{path}: line {_line(row)}, column '{column}': label '{texts.iat[row]}' is not one of 0..{len(EMOTIONS) - 1}"
+            f"{path}: line {_line(row)}, column '{column}': "
+            f"label '{texts.iat[row]}' is not one of 0..{len(EMOTIONS) - 1}"
         )
     return labels.astype(np.int64)
 
@@ -297,7 +307,11 @@ def load_images(paths):
         path = check_readable_file(path)
         try:
             with Image.open(path) as image:
-                face = ImageOps.exif_transpose(image).convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                face = (
+                    ImageOps.exif_transpose(image)
+                    .convert("L")
+                    .resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                )
                 faces.append(np.asarray(face, dtype=np.uint8))
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None

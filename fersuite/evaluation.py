@@ -40,9 +40,15 @@ def zoomed(pixels, factor):
 
     height, width = pixels.shape[1:3]
     center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
-    transform = np.array([factor, 0, center_x * (1 - factor), 0, factor, center_y * (1 - factor), 0, 0], dtype="float32")
+    transform = np.array(
+        [factor, 0, center_x * (1 - factor), 0, factor, center_y * (1 - factor), 0, 0], dtype="float32"
+    )
     transforms = np.tile(transform, (len(pixels), 1))
-    return ops.convert_to_numpy(ops.image.affine_transform(pixels.astype("float32"), transforms, fill_mode="nearest", data_format="channels_last"))
+    return ops.convert_to_numpy(
+        ops.image.affine_transform(
+            pixels.astype("float32"), transforms, fill_mode="nearest", data_format="channels_last"
+        )
+    )
 
 
 def tta_views(pixels, tta="none"):
@@ -76,7 +82,10 @@ def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0,
     total = np.zeros((len(views), len(pixels), len(EMOTIONS)), dtype=np.float64)
     for number, model in enumerate(models):
         if verbose:
-            print(f"{names[number] if names else model.name} ({number + 1} of {len(models)}): {len(stacked):,} views", flush=True)
+            print(
+                f"{names[number] if names else model.name} ({number + 1} of {len(models)}): {len(stacked):,} views",
+                flush=True,
+            )
         if len(stacked) <= batch_size:  # predict() costs tens of ms per call before any work
             outputs = ops.convert_to_numpy(model.predict_on_batch(stacked))
         else:
@@ -105,7 +114,13 @@ def labeled_scores(table, probabilities):
         for usage, board in (("PublicTest", "public"), ("PrivateTest", "private")):
             chosen = table.usage[rows] == usage
             if chosen.any():
-                scores.append((f"{board} ({usage}) accuracy", accuracy(table.labels[rows][chosen], probabilities[chosen]), int(chosen.sum())))
+                scores.append(
+                    (
+                        f"{board} ({usage}) accuracy",
+                        accuracy(table.labels[rows][chosen], probabilities[chosen]),
+                        int(chosen.sum()),
+                    )
+                )
     return scores
 
 

@@ -188,9 +188,9 @@ def build_hw8_mobilenet(
     negative_slope=0.3,
     name="mobilenet_hw8",
 ):
-    """The HW8 report's network, kept as a preset. Depthwise-separable: Conv stem, then [depthwise -> BN -> LeakyReLU -> pointwise -> BN ->
-    LeakyReLU] blocks (1-based `strided` ones use stride 2, valid padding), a `last_kernel`
-    depthwise in the last block, MaxPool, Dropout, Dense head. The defaults are the
+    """The HW8 report's network, kept as a preset. Depthwise-separable: Conv stem, then [depthwise -> BN ->
+    LeakyReLU -> pointwise -> BN -> LeakyReLU] blocks (1-based `strided` ones use stride 2, valid padding),
+    a `last_kernel` depthwise in the last block, MaxPool, Dropout, Dense head. The defaults are the
     73,095-parameter network of the HW8 report; `alpha` scales every width."""
 
     def activate(x, label):

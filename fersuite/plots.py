@@ -99,7 +99,15 @@ def plot_history(history, path, title, best_epoch=None):
         if best_epoch is not None and f"val_{metric}" in history:
             value = float(history.loc[history["epoch"] == best_epoch, f"val_{metric}"].iloc[0])
             axis.axvline(best_epoch, color="gray", linestyle=":", linewidth=1)
-            axis.plot(best_epoch, value, marker="*", markersize=15, color="tab:red", linestyle="none", label=f"best epoch {best_epoch}")
+            axis.plot(
+                best_epoch,
+                value,
+                marker="*",
+                markersize=15,
+                color="tab:red",
+                linestyle="none",
+                label=f"best epoch {best_epoch}",
+            )
             heading = f"{metric} (validation {value:.3f} at the best epoch)"
         axis.set(xlabel="epoch", ylabel=metric, title=heading)
         axis.set_xlim(history["epoch"].min() - 0.5, history["epoch"].max() + 0.5)
@@ -202,7 +210,11 @@ def plot_embedding(points, labels, path, title, axis_names):
     for number, emotion in enumerate(EMOTIONS):
         chosen = labels == number
         axis.scatter(
-            points[chosen, 0], points[chosen, 1], s=9 if len(points) > 300 else 25, alpha=0.6, color=CLASS_COLORS[number],
+            points[chosen, 0],
+            points[chosen, 1],
+            s=9 if len(points) > 300 else 25,
+            alpha=0.6,
+            color=CLASS_COLORS[number],
             label=f"{emotion} ({int(chosen.sum())})",
         )
     axis.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
@@ -243,7 +255,9 @@ def plot_complexity(table, path, title):
     for axis in (macs_axis, parameters_axis):
         axis.grid(axis="x", alpha=0.3)
     total_macs, total_parameters = table["multiply_adds"].sum(), table["parameters"].sum()
-    figure.suptitle(f"{title}: {total_parameters:,} parameters, {total_macs / 1e6:,.1f} M multiply-adds per image", fontsize=12)
+    figure.suptitle(
+        f"{title}: {total_parameters:,} parameters, {total_macs / 1e6:,.1f} M multiply-adds per image", fontsize=12
+    )
     return _save(figure, path)
 
 
@@ -256,7 +270,9 @@ def plot_parameters_vs_accuracy(summary, path, title=SIZE_TITLE):
     axis = figure.subplots()
     for family, rows in summary.groupby("family", sort=True):
         colour, marker = FAMILY_STYLES.get(family, OTHER_FAMILY_STYLE)
-        axis.scatter(rows["parameters"], rows["best_val_accuracy"], s=70, color=colour, marker=marker, label=family, zorder=3)
+        axis.scatter(
+            rows["parameters"], rows["best_val_accuracy"], s=70, color=colour, marker=marker, label=family, zorder=3
+        )
     axis.set_xscale("log")
     axis.margins(x=0.25, y=0.15)
     axis.set(xlabel="parameters (log scale)", ylabel="best validation accuracy", title=title)
@@ -290,13 +306,21 @@ def _label_points(axis, xs, ys, names):
     inside = axis.get_window_extent(renderer)
 
     def covered(box):
-        area = sum(max(0, min(box.x1, other.x1) - max(box.x0, other.x0)) * max(0, min(box.y1, other.y1) - max(box.y0, other.y0)) for other in taken)
-        return area + box.width * box.height * (not inside.contains(box.x0, box.y0) or not inside.contains(box.x1, box.y1))
+        area = sum(
+            max(0, min(box.x1, other.x1) - max(box.x0, other.x0))
+            * max(0, min(box.y1, other.y1) - max(box.y0, other.y0))
+            for other in taken
+        )
+        return area + box.width * box.height * (
+            not inside.contains(box.x0, box.y0) or not inside.contains(box.x1, box.y1)
+        )
 
     for name, x, y in zip(names, xs, ys):
         tries = []
         for offset, horizontal, vertical in LABEL_PLACES:
-            label = axis.annotate(name, (x, y), xytext=offset, textcoords="offset points", fontsize=8, ha=horizontal, va=vertical)
+            label = axis.annotate(
+                name, (x, y), xytext=offset, textcoords="offset points", fontsize=8, ha=horizontal, va=vertical
+            )
             box = label.get_window_extent(renderer)
             tries.append((covered(box), len(tries), label, box))
             if tries[-1][0] == 0:
@@ -317,8 +341,12 @@ def plot_histories(histories, path):
         marker = "o" if len(history) <= 30 else None  # a run of one epoch is a point, not a line
         for axis, metric in zip(axes, ("accuracy", "loss")):
             if f"val_{metric}" in history:
-                axis.plot(history["epoch"], history[f"val_{metric}"], color=colour, linewidth=1.8, marker=marker, label=name)
-            axis.plot(history["epoch"], history[metric], color=colour, linewidth=1, linestyle="--", marker=marker, alpha=0.6)
+                axis.plot(
+                    history["epoch"], history[f"val_{metric}"], color=colour, linewidth=1.8, marker=marker, label=name
+                )
+            axis.plot(
+                history["epoch"], history[metric], color=colour, linewidth=1, linestyle="--", marker=marker, alpha=0.6
+            )
     for axis, metric in zip(axes, ("accuracy", "loss")):
         axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid, train dashed")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -400,9 +428,14 @@ def pick_conv_layer(model, name=None):
     if name is None:
         return convolutions[len(convolutions) // 2] if convolutions else None
     if name not in [layer.name for layer in model.layers]:
-        raise UserError(f"model '{model.name}' has no layer '{name}'; its conv layers: {', '.join(convolutions) or 'none'}")
+        raise UserError(
+            f"model '{model.name}' has no layer '{name}'; its conv layers: {', '.join(convolutions) or 'none'}"
+        )
     if len(model.get_layer(name).output.shape) != 4:
-        raise UserError(f"layer '{name}' of model '{model.name}' has no feature maps; pick a conv layer: {', '.join(convolutions) or 'none'}")
+        raise UserError(
+            f"layer '{name}' of model '{model.name}' has no feature maps; pick a conv layer: "
+            f"{', '.join(convolutions) or 'none'}"
+        )
     return name
 
 
@@ -559,7 +592,11 @@ def _read_json(path):
 def load_run(path):
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: no such run directory" if not path.exists() else f"{path}: not a run directory (give its folder, e.g. runs/cnn-…)")
+        raise UserError(
+            f"{path}: no such run directory"
+            if not path.exists()
+            else f"{path}: not a run directory (give its folder, e.g. runs/cnn-…)"
+        )
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a run directory (no config.json)")
     history = None
@@ -633,7 +670,10 @@ class SplitCache:
         if key[0] not in self.digests:
             self.digests[key[0]] = file_digest(path)
         if run.config.get("data_digest", self.digests[key[0]]) != self.digests[key[0]]:
-            log(f"warning: {path} is not the file {run.name} was trained on; its {options.split} split may include training images")
+            log(
+                f"warning: {path} is not the file {run.name} was trained on; "
+                f"its {options.split} split may include training images"
+            )
         splits = self.splits[key]
         if options.split not in splits:
             raise UserError(f"{path}: has no '{options.split}' split (it has {', '.join(splits)})")
@@ -641,7 +681,9 @@ class SplitCache:
         if split.labels is None:
             raise UserError(f"{path}: the '{options.split}' split has no labels to compare with")
         if options.max_images is not None:
-            split = Split(split.pixels[: options.max_images], split.labels[: options.max_images], split.ids[: options.max_images])
+            split = Split(
+                split.pixels[: options.max_images], split.labels[: options.max_images], split.ids[: options.max_images]
+            )
         return path, split
 
 
@@ -709,7 +751,14 @@ def _prediction_figures(model, run, source, split, figures, options, target):
         chosen = confident_mistakes(split.labels, probabilities, options.mistakes)
         title = f"{run.name}: most confident mistakes on the {source}"
         paths.append(
-            plot_mistakes(split.pixels[chosen], split.labels[chosen], predictions[chosen], confidence[chosen], target / "mistakes.png", title)
+            plot_mistakes(
+                split.pixels[chosen],
+                split.labels[chosen],
+                predictions[chosen],
+                confidence[chosen],
+                target / "mistakes.png",
+                title,
+            )
         )
     if "saliency" in figures:
         chosen = saliency_choice(split.labels, probabilities, options.saliency_images)
@@ -742,7 +791,10 @@ def _activations_figure(model, run, layer, split, options, target):
         raise UserError(f"--face {options.face} is outside the {options.split} split's 0..{len(split) - 1}")
     face = split.pixels[options.face]
     maps = layer_activations(model, layer, face)[..., : options.filters]
-    title = f"{run.name}: {layer} activation maps ({maps.shape[0]}x{maps.shape[1]}) for {options.split} image {options.face}"
+    title = (
+        f"{run.name}: {layer} activation maps ({maps.shape[0]}x{maps.shape[1]}) "
+        f"for {options.split} image {options.face}"
+    )
     return plot_activations(face, maps, target / f"activations_{layer}.png", title, split.labels[options.face])
 
 

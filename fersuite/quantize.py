@@ -36,13 +36,17 @@ class Int8Conv2D(layers.Conv2D):
         channels = input_shape[-1]
         self.full_kernel_shape = (*self.kernel_size, channels // self.groups, self.filters)
         self.kernel_codes = self._add_codes()
-        self.kernel_scale = self.add_weight(name="kernel_scale", shape=(self.filters,), initializer="ones", trainable=False)
+        self.kernel_scale = self.add_weight(
+            name="kernel_scale", shape=(self.filters,), initializer="ones", trainable=False
+        )
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
         self.input_spec = layers.InputSpec(min_ndim=4, axes={-1: channels})
         self.built = True
 
     def _add_codes(self):
-        return self.add_weight(name="kernel_int8", shape=self.full_kernel_shape, initializer="zeros", dtype="int8", trainable=False)
+        return self.add_weight(
+            name="kernel_int8", shape=self.full_kernel_shape, initializer="zeros", dtype="int8", trainable=False
+        )
 
     def _codes(self):
         return self.kernel_codes
@@ -82,7 +86,9 @@ class Int4Conv2D(Int8Conv2D):
 
     def _add_codes(self):
         size = math.prod(self.full_kernel_shape)
-        return self.add_weight(name="kernel_int4", shape=((size + 1) // 2,), initializer="zeros", dtype="uint8", trainable=False)
+        return self.add_weight(
+            name="kernel_int4", shape=((size + 1) // 2,), initializer="zeros", dtype="uint8", trainable=False
+        )
 
     def _codes(self):
         packed = ops.cast(self.kernel_codes, "int32")
@@ -104,13 +110,19 @@ def quantize_convolutions(model, bits=8):
         return type(layer) in (layers.Conv2D, Int8Conv2D) and layer.data_format == "channels_last"
 
     def clone(layer):
-        return quantized_class.from_config(layer.get_config()) if convertible(layer) else layer.__class__.from_config(layer.get_config())
+        return (
+            quantized_class.from_config(layer.get_config())
+            if convertible(layer)
+            else layer.__class__.from_config(layer.get_config())
+        )
 
     copy = keras.models.clone_model(model, clone_function=clone)
     for original in model.layers:
         quantized = copy.get_layer(original.name)
         if isinstance(quantized, Int8Conv2D):
-            quantized.set_float_weights(np.asarray(original.kernel), None if original.bias is None else np.asarray(original.bias))
+            quantized.set_float_weights(
+                np.asarray(original.kernel), None if original.bias is None else np.asarray(original.bias)
+            )
         else:
             quantized.set_weights(original.get_weights())
     return copy
@@ -132,7 +144,10 @@ def float_weights(layer):
     if isinstance(layer, Int8Conv2D):
         kernel = np.asarray(layer.kernel, dtype="float32")
     elif isinstance(layer, layers.Dense) and layer.dtype_policy.quantization_mode == "int8":
-        kernel = np.asarray(layer.kernel, dtype="float32") / np.asarray(layer.kernel_scale, dtype="float32")  # int8 codes
+        kernel = (
+            np.asarray(layer.kernel, dtype="float32")  # int8 codes
+            / np.asarray(layer.kernel_scale, dtype="float32")
+        )
     else:
         return layer.get_weights()
     return [kernel] + ([np.asarray(layer.bias)] if layer.bias is not None else [])

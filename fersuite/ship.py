@@ -29,7 +29,10 @@ def float32_config(config):
     if isinstance(config, dict):
         if config.get("class_name") == "DTypePolicy":
             return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: "float32" if key == "dtype" and value in HALF_DTYPES else float32_config(value) for key, value in config.items()}
+        return {
+            key: "float32" if key == "dtype" and value in HALF_DTYPES else float32_config(value)
+            for key, value in config.items()
+        }
     if isinstance(config, list):
         return [float32_config(value) for value in config]
     return config
@@ -61,13 +64,21 @@ def ship(source, destination, force=False, int8=False, int4=False):
 
 
 def main():
-    parser = cli.Parser(prog="python -m fersuite.ship", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog="python -m fersuite.ship", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", help="a run's best.keras")
     parser.add_argument("destination", help="e.g. models/cnn.keras")
     parser.add_argument("--force", action="store_true", help="overwrite an existing destination")
     precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--int8", action="store_true", help="also store Dense and Conv2D kernels as int8 (about half the float16 size)")
-    precision.add_argument("--int4", action="store_true", help="Dense kernels as int8, Conv2D kernels in 4 bits (a CNN in about a quarter of the float16 size)")
+    precision.add_argument(
+        "--int8", action="store_true", help="also store Dense and Conv2D kernels as int8 (about half the float16 size)"
+    )
+    precision.add_argument(
+        "--int4",
+        action="store_true",
+        help="Dense kernels as int8, Conv2D kernels in 4 bits (a CNN in about a quarter of the float16 size)",
+    )
     args = parser.parse_args()
     parameters, size = ship(args.source, args.destination, args.force, args.int8, args.int4)
     print(f"{args.destination}: {parameters:,} parameters, {size / 1e6:.2f} MB")

@@ -47,9 +47,13 @@ def _load(path):
         with np.load(path, allow_pickle=False) as arrays:
             keys, probabilities, sources = arrays["keys"], arrays["probabilities"], arrays["sources"]
     except (OSError, EOFError, ValueError, KeyError) as error:
-        raise UserError(f"{path}: not a teachers' file of python -m fersuite.teachers ({type(error).__name__})") from None
+        raise UserError(
+            f"{path}: not a teachers' file of python -m fersuite.teachers ({type(error).__name__})"
+        ) from None
     if probabilities.shape != (len(keys), len(EMOTIONS)):
-        raise UserError(f"{path}: probabilities of shape {probabilities.shape}, expected ({len(keys)}, {len(EMOTIONS)})")
+        raise UserError(
+            f"{path}: probabilities of shape {probabilities.shape}, expected ({len(keys)}, {len(EMOTIONS)})"
+        )
     return keys, probabilities, sources.tolist()
 
 
@@ -60,7 +64,10 @@ def saved_probabilities(path, pixels):
     rows = [row_of.get(key) for key in face_keys(pixels).tolist()]
     missing = sum(row is None for row in rows)
     if missing:
-        raise UserError(f"{path}: has no probabilities for {missing:,} of the {len(pixels):,} training faces; it was made from other data")
+        raise UserError(
+            f"{path}: has no probabilities for {missing:,} of the {len(pixels):,} training faces; "
+            "it was made from other data"
+        )
     return probabilities[np.array(rows)], len(sources)
 
 
@@ -81,7 +88,9 @@ def probabilities(paths, pixels, verbose=0):
 
 
 def main(argv=None):
-    parser = cli.Parser(prog="python -m fersuite.teachers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog="python -m fersuite.teachers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("models", nargs="+", metavar="MODEL", help=".keras teachers (or saved .npz files), averaged")
     parser.add_argument("--data", required=True, help="the training CSV (or packed .npz.xz) the student will use")
     parser.add_argument("--out", required=True, help="where to write the probabilities (.npz)")
@@ -95,7 +104,10 @@ def main(argv=None):
     mean = probabilities(args.models, table.pixels, verbose=1)
     labeled = table.labels >= 0
     if labeled.any():
-        print(f"teachers' accuracy on the labeled faces (training faces included): {evaluation.accuracy(table.labels[labeled], mean[labeled]):.4f}")
+        print(
+            "teachers' accuracy on the labeled faces (training faces included): "
+            f"{evaluation.accuracy(table.labels[labeled], mean[labeled]):.4f}"
+        )
     sources = [source for path in args.models for source in (_load(path)[2] if path.endswith(".npz") else [path])]
     save(args.out, table.pixels, mean, sources)
     print(f"wrote {args.out}: {Path(args.out).stat().st_size / 1e6:.2f} MB")

@@ -73,7 +73,10 @@ def check_config(config):
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
     if config["data"] == str(cli.DEFAULT_TRAIN) and not cli.DEFAULT_TRAIN.exists():
-        raise UserError(f"{config['data']}: no such file (the default --data, the team's copy beside the project); pass --data with your train.csv or fer2013.csv")
+        raise UserError(
+            f"{config['data']}: no such file (the default --data, the team's copy beside the project); "
+            "pass --data with your train.csv or fer2013.csv"
+        )
     for path in [config.get("init_from"), *(config.get("teacher") or [])]:
         if path:
             check_readable_file(path)
@@ -103,7 +106,9 @@ def build_optimizer(config, steps_per_epoch):
         )
     average = {"use_ema": True, "ema_momentum": config["ema"]} if config.get("ema") else {}
     if config["optimizer"] == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None, **average)
+        return keras.optimizers.SGD(
+            learning_rate, momentum=0.9, nesterov=True, weight_decay=config["weight_decay"] or None, **average
+        )
     if config["optimizer"] == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=config["weight_decay"], **average)
     return keras.optimizers.Adam(learning_rate, weight_decay=config["weight_decay"] or None, **average)
@@ -115,11 +120,18 @@ def _patient_callbacks(config):
     if config["schedule"] == "plateau":
         patient.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor=MONITOR, mode="max", factor=0.5, patience=max(2, config["patience"] // 3), min_lr=config["lr"] / 100, verbose=1
+                monitor=MONITOR,
+                mode="max",
+                factor=0.5,
+                patience=max(2, config["patience"] // 3),
+                min_lr=config["lr"] / 100,
+                verbose=1,
             )
         )
     if config["patience"] > 0:
-        patient.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1))
+        patient.append(
+            keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["patience"], verbose=1)
+        )
     return patient
 
 
@@ -173,7 +185,9 @@ def training_inputs(config, train_split, targets, epochs_done):
         rows = full_batch_order(len(train_split), config["batch_size"], np.random.default_rng(config["seed"]))
         inputs = {"x": train_split.pixels[rows], "y": targets[rows], "batch_size": config["batch_size"]}
         return {**inputs, "class_weight": weights, "shuffle": True}
-    sample_weights = None if weights is None else np.array([weights[label] for label in train_split.labels], dtype="float32")
+    sample_weights = (
+        None if weights is None else np.array([weights[label] for label in train_split.labels], dtype="float32")
+    )
     batches = MixUpBatches(
         train_split.pixels, targets, config["batch_size"], config["mixup"], sample_weights, config["seed"], epochs_done
     )
@@ -204,8 +218,15 @@ def start_from(model, path):
     source_weights = [weight for layer in source.layers for weight in quantize.float_weights(layer)]
     differing = [(old, new) for old, new in zip(source_weights, model.weights) if tuple(old.shape) != tuple(new.shape)]
     if differing or len(source_weights) != len(model.weights):
-        where = f"{differing[0][1].path} is {tuple(differing[0][0].shape)} there, {tuple(differing[0][1].shape)} here" if differing else f"{len(source_weights)} weight arrays there, {len(model.weights)} here"
-        raise UserError(f"{path}: its network differs from the one these flags build ({where}); pass the network flags it was trained with")
+        where = (
+            f"{differing[0][1].path} is {tuple(differing[0][0].shape)} there, {tuple(differing[0][1].shape)} here"
+            if differing
+            else f"{len(source_weights)} weight arrays there, {len(model.weights)} here"
+        )
+        raise UserError(
+            f"{path}: its network differs from the one these flags build ({where}); "
+            "pass the network flags it was trained with"
+        )
     model.set_weights(source_weights)
 
 
@@ -226,7 +247,10 @@ def _resume_state(run_dir):
             raise UserError(f"{run_dir}: cannot resume, {name} is missing (no epoch finished yet?)")
     state = read_resume_state(run_dir / "last.keras")
     if state is None:
-        raise UserError(f"{run_dir}: cannot resume, last.keras holds no resume state (it was not saved by a training run of this version)")
+        raise UserError(
+            f"{run_dir}: cannot resume, last.keras holds no resume state "
+            "(it was not saved by a training run of this version)"
+        )
     config = json.loads((run_dir / "config.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
     if MONITOR in history and history[MONITOR].notna().any():
@@ -246,8 +270,14 @@ def _resumed(run_dir, family, given):
     config, state, history = _resume_state(run_dir)
     if config.get("family", family) != family:
         raise UserError(f"{run_dir}: is a {config['family']} run; resume it with train_{config['family']}.py")
-    if (run_dir / "metrics.json").is_file() and json.loads((run_dir / "metrics.json").read_text()).get("interrupted") is False:
-        raise UserError(f"{run_dir}: finished already; to train it longer, start a new run with --init-from {run_dir / 'best.keras'}")
+    if (
+        (run_dir / "metrics.json").is_file()
+        and json.loads((run_dir / "metrics.json").read_text()).get("interrupted") is False
+    ):
+        raise UserError(
+            f"{run_dir}: finished already; "
+            f"to train it longer, start a new run with --init-from {run_dir / 'best.keras'}"
+        )
     config = {**config, **{key: given[key] for key in cli.RESUME_SETTINGS if key in given}}
     print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     return config, state, history
@@ -257,7 +287,10 @@ def _labeled_splits(config):
     splits = load_splits(config["data"], config["val_split"], split_seed(config))
     missing = [name for name in ("train", "validation") if name not in splits]
     if missing:
-        raise UserError(f"{config['data']}: needs labeled rows for {' and '.join(missing)} (a test.csv has no labels; a fer2013.csv validates on its PublicTest rows)")
+        raise UserError(
+            f"{config['data']}: needs labeled rows for {' and '.join(missing)} "
+            "(a test.csv has no labels; a fer2013.csv validates on its PublicTest rows)"
+        )
     return splits["train"], splits["validation"]
 
 
@@ -305,10 +338,18 @@ def train(family, config, build_network, resume=None):
     else:
         model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu)
     print(f"run directory: {run_dir}")
-    print(f"{family}: {config['parameters']:,} parameters, {len(train_split):,} training and {len(validation):,} validation images, backend {backend.name()}")
+    print(
+        f"{family}: {config['parameters']:,} parameters, "
+        f"{len(train_split):,} training and {len(validation):,} validation images, backend {backend.name()}"
+    )
 
     checkpoint = RunCheckpoint(
-        run_dir, history, state["best"], config.get("resume_every", 60.0), _patient_callbacks(config), state.get("counters")
+        run_dir,
+        history,
+        state["best"],
+        config.get("resume_every", 60.0),
+        _patient_callbacks(config),
+        state.get("counters"),
     )
     started = time.perf_counter()
     interrupted = False
@@ -327,7 +368,11 @@ def train(family, config, build_network, resume=None):
     metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
     if interrupted:
         if (run_dir / "last.keras").exists():
-            print(f"\ninterrupted: best model and history are in {run_dir}\nresume with: python {_script(family)} --resume {run_dir}", file=sys.stderr)
+            print(
+                f"\ninterrupted: best model and history are in {run_dir}\n"
+                f"resume with: python {_script(family)} --resume {run_dir}",
+                file=sys.stderr,
+            )
         else:
             print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
         raise SystemExit(130)
@@ -364,7 +409,9 @@ def finish(run_dir, config, checkpoint, validation, wall, interrupted):
         model = evaluation.load_model(best_path)
         probabilities = evaluation.predict_probabilities([model], validation.pixels)
         predictions = probabilities.argmax(axis=1)
-        write_text(Path(run_dir) / "confusion_matrix.csv", evaluation.confusion_frame(validation.labels, predictions).to_csv())
+        write_text(
+            Path(run_dir) / "confusion_matrix.csv", evaluation.confusion_frame(validation.labels, predictions).to_csv()
+        )
         metrics["val_accuracy_best_model"] = evaluation.accuracy(validation.labels, probabilities)
         metrics["per_class_recall"] = {
             emotion: round(values["recall"], 4)

@@ -92,7 +92,9 @@ def run_under(backend, script, **env):
     """Run a Python snippet in a fresh interpreter on another Keras backend (JAX: the lent GPU's); its result."""
     pytest.importorskip(backend)
     environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
-    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT)
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, env=environment, cwd=PROJECT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

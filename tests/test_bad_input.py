@@ -95,25 +95,57 @@ DATA_CASES = [
     ("directory", lambda d: d, "is a directory"),
     ("empty-file", lambda d: text_file(d, "empty.csv", ""), "empty"),
     ("header-only", lambda d: text_file(d, "h.csv", "id,feature\n"), "header only"),
-    ("wrong-columns", lambda d: text_file(d, "c.csv", good_test().replace("id,feature", "idx,pixels")), "unexpected columns"),
+    (
+        "wrong-columns",
+        lambda d: text_file(d, "c.csv", good_test().replace("id,feature", "idx,pixels")),
+        "unexpected columns",
+    ),
     ("missing-column", lambda d: text_file(d, "c.csv", "feature\n" + "1 " * 2304), "unexpected columns"),
-    ("extra-column", lambda d: text_file(d, "c.csv", good_test().replace("id,feature", "id,feature,x").replace("\n", ",1\n")[: -2] + "\n"), "unexpected columns"),
+    (
+        "extra-column",
+        lambda d: text_file(
+            d, "c.csv", good_test().replace("id,feature", "id,feature,x").replace("\n", ",1\n")[: -2] + "\n"
+        ),
+        "unexpected columns",
+    ),
     ("wrong-separator", lambda d: text_file(d, "c.csv", good_test().replace(",", ";")), "unexpected columns"),
     ("no-header", lambda d: text_file(d, "c.csv", good_train().split("\n", 1)[1]), "the first line is a data row"),
     ("extra-field-in-a-row", lambda d: text_file(d, "c.csv", good_test().replace("\n1,", "\n1,5,")), "line 3"),
     ("2303-pixels", lambda d: text_file(d, "c.csv", good_test().rsplit(" ", 1)[0] + "\n"), "found 2303"),
     ("2305-pixels", lambda d: text_file(d, "c.csv", good_test().rstrip("\n") + " 7\n"), "found 2305"),
-    ("non-numeric-pixel", lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 1, "x7")), "line 3, column 'feature': pixel 1 is 'x7'"),
-    ("pixel-256", lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 2, "256")), "line 4, column 'feature': pixel 1 is 256"),
-    ("pixel-minus-1", lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 0, "-1")), "line 2, column 'feature': pixel 1 is -1"),
-    ("label-7", lambda d: text_file(d, "c.csv", replace_label(good_train(), 1, "7")), "line 3, column 'label': label '7'"),
+    (
+        "non-numeric-pixel",
+        lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 1, "x7")),
+        "line 3, column 'feature': pixel 1 is 'x7'",
+    ),
+    (
+        "pixel-256",
+        lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 2, "256")),
+        "line 4, column 'feature': pixel 1 is 256",
+    ),
+    (
+        "pixel-minus-1",
+        lambda d: text_file(d, "c.csv", replace_pixel(good_test(), 0, "-1")),
+        "line 2, column 'feature': pixel 1 is -1",
+    ),
+    (
+        "label-7",
+        lambda d: text_file(d, "c.csv", replace_label(good_train(), 1, "7")),
+        "line 3, column 'label': label '7'",
+    ),
     ("label-minus-1", lambda d: text_file(d, "c.csv", replace_label(good_train(), 0, "-1")), "line 2, column 'label'"),
     ("label-word", lambda d: text_file(d, "c.csv", replace_label(good_train(), 2, "happy")), "label 'happy'"),
     ("duplicate-ids", lambda d: text_file(d, "c.csv", good_test().replace("\n2,", "\n0,")), "duplicate id '0'"),
     ("truncated-gz", lambda d: truncated(gzip.open, good_test(), d, "t.csv.gz"), "truncated or corrupt"),
     ("truncated-xz", lambda d: truncated(lzma.open, good_test(), d, "t.csv.xz"), "truncated or corrupt"),
     ("binary-garbage", lambda d: (d / "g.csv").write_bytes(bytes(range(256)) * 40) and d / "g.csv", "g.csv"),
-    ("bad-usage", lambda d: text_file(d, "c.csv", header_rows("emotion,pixels,Usage", [r + ",Validation" for r in labeled_rows(2)])), "column 'Usage'"),
+    (
+        "bad-usage",
+        lambda d: text_file(
+            d, "c.csv", header_rows("emotion,pixels,Usage", [r + ",Validation" for r in labeled_rows(2)])
+        ),
+        "column 'Usage'",
+    ),
 ]
 
 
@@ -219,7 +251,11 @@ FLAG_CASES = [
     ("train_dnn", ["--label-smoothing", "1.5"], "--label-smoothing"),
     ("train_cnn", ["--optimizer", "rmsprop"], "--optimizer"),
     ("predict", ["--model", "m.keras"], "give --data"),
-    ("predict", ["--model", "runs/a/best.keras", "runs/b/best.keras", "--data", "x.csv"], "runs/b/best.keras is a model, not an image"),
+    (
+        "predict",
+        ["--model", "runs/a/best.keras", "runs/b/best.keras", "--data", "x.csv"],
+        "runs/b/best.keras is a model, not an image",
+    ),
     ("train_dnn", ["--teacher", "no_such_teacher.keras"], "no_such_teacher.keras"),
     ("train_dnn", ["--teacher-weight", "1.5"], "--teacher-weight"),
     ("train_dnn", ["--teacher-temperature", "0"], "--teacher-temperature"),
@@ -256,7 +292,9 @@ def test_training_on_unlabeled_test_csv(tmp_path, monkeypatch, capsys):
 
 
 def test_training_on_fer2013_without_publictest_rows(tmp_path, monkeypatch, capsys):
-    data = text_file(tmp_path, "fer2013.csv", header_rows("emotion,pixels,Usage", [f"{row},Training" for row in labeled_rows(14)]))
+    data = text_file(
+        tmp_path, "fer2013.csv", header_rows("emotion,pixels,Usage", [f"{row},Training" for row in labeled_rows(14)])
+    )
     code, err = invoke("train_dnn", ["--data", data, "--runs-dir", tmp_path / "runs"], monkeypatch, capsys)
     assert code == 2 and "needs labeled rows for validation (" in err
 

@@ -34,15 +34,23 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
 
     out = tmp_path / "out"
     runs = ["--run", "cnn", "--run", "mobilenet", "--run", "KERAS_BACKEND=jax cnn --seed 1"]
-    line = [sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--int8", *runs]
+    line = [
+        sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
+        "--int8", *runs,
+    ]
     result = subprocess.run(line, cwd=PROJECT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     names = ["cnn", "mobilenet", "cnn-2"]
-    assert sorted(path.name for path in out.iterdir()) == ["cnn-2.keras", "cnn.keras", "runs.log", "runs.tar.gz", "summary.json"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "cnn-2.keras", "cnn.keras", "runs.log", "runs.tar.gz", "summary.json",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert [row["name"] for row in summary["runs"]] == names and summary["runs"][2]["flags"].endswith("--seed 1")
     assert summary["runs"][2]["environment"] == {"KERAS_BACKEND": "jax"} and summary["runs"][0]["environment"] == {}
-    backends = {path.parent.parent.name: json.loads(path.read_text())["versions"]["backend"] for path in (tmp_path / "runs").glob("*/*/*/config.json")}
+    backends = {
+        path.parent.parent.name: json.loads(path.read_text())["versions"]["backend"]
+        for path in (tmp_path / "runs").glob("*/*/*/config.json")
+    }
     assert backends == {"cnn": keras.backend.backend(), "mobilenet": keras.backend.backend(), "cnn-2": "jax"}
     for row in summary["runs"]:
         assert row["returncode"] == 0 and row["shipped"] and row["epochs"] >= 1 and 0 <= row["best_val_accuracy"] <= 1
@@ -61,9 +69,20 @@ def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_pat
     mobilenet = load_model(tmp_path / "back" / "mobilenet.keras")  # came back inside runs.tar.gz
     assert mobilenet.name == "mobilenet" and mobilenet.output_shape == (None, 7)
 
-    refusals = (("resnet", 1, "the family must be one of"), ("KERAS_BACKEND=jax", 1, "the family must be one of"), ("dnn", 6, "at most 5 CNN and DNN --run"), ("mobilenet", 9, "at most 8 --run"))
+    refusals = (
+        ("resnet", 1, "the family must be one of"),
+        ("KERAS_BACKEND=jax", 1, "the family must be one of"),
+        ("dnn", 6, "at most 5 CNN and DNN --run"),
+        ("mobilenet", 9, "at most 8 --run"),
+    )
     for spec, count, message in refusals:
-        refused = subprocess.run([sys.executable, "-m", "bench.gpu_session", "--out", str(tmp_path / "no"), *["--run", spec] * count], cwd=PROJECT, capture_output=True, text=True, check=False)
+        refused = subprocess.run(
+            [sys.executable, "-m", "bench.gpu_session", "--out", str(tmp_path / "no"), *["--run", spec] * count],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "no").exists()
 
 
@@ -74,7 +93,9 @@ def test_step_timer_times_the_batches_after_the_warm_up():
     from bench import common
     from fersuite.training import one_hot
 
-    model = common.compile_like_suite(keras.Sequential([keras.Input((4,)), keras.layers.Dense(7, activation="softmax")]))
+    model = common.compile_like_suite(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(7, activation="softmax")])
+    )
     faces, targets = np.ones((20, 4), "float32"), one_hot(np.arange(20) % 7)
     rate = common.fit_rate(model, faces, targets, warmup=2, steps=3, batch_size=4)
     assert rate.images == 3 * 4 and rate.wall > 0

@@ -135,4 +135,8 @@ def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
     np.testing.assert_array_equal(loaded.pixels, original.pixels)
     np.testing.assert_array_equal(loaded.usage, original.usage)
     assert loaded.layout == "fer2013"
-    assert {name: len(split) for name, split in data.split_table(loaded).items()} == {"train": 15, "validation": 2, "test": 3}
+    assert {name: len(split) for name, split in data.split_table(loaded).items()} == {
+        "train": 15,
+        "validation": 2,
+        "test": 3,
+    }

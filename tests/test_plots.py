@@ -22,7 +22,9 @@ RUN_FIGURES = [
     "history.png", "confusion.png", "saliency.png", "embedding_pca.png", "embedding_tsne.png",
     "complexity.png", "mistakes.png",
 ]
-TABLES = ["confusion_matrix.csv", "classification_report.csv", "classification_report.md", "complexity.csv", "complexity.md"]
+TABLES = [
+    "confusion_matrix.csv", "classification_report.csv", "classification_report.md", "complexity.csv", "complexity.md",
+]
 CROSS_RUN = ["parameters_vs_accuracy.png", "histories.png", "runs.csv", "runs.md"]
 
 
@@ -173,7 +175,10 @@ def test_run_names_of_neighbouring_points_do_not_overlap():
     for index, box in enumerate(boxes):
         assert not any(box.overlaps(other) for other in boxes[index + 1 :])
         assert not any(box.contains(x, y) for x, y in centres)
-        assert axis.get_window_extent(renderer).contains(box.x0, box.y0) and axis.get_window_extent(renderer).contains(box.x1, box.y1)
+        assert (
+            axis.get_window_extent(renderer).contains(box.x0, box.y0)
+            and axis.get_window_extent(renderer).contains(box.x1, box.y1)
+        )
 
 
 def test_without_run_dirs_every_run_in_the_runs_dir_is_used(report, tmp_path):
@@ -234,7 +239,9 @@ print(test_plots.make_run({root!r}))
 @pytest.mark.parametrize("other", ["jax", "torch"])
 def test_a_model_trained_under_another_backend_plots_under_tensorflow(tmp_path, other):
     """The other side also checks its own input gradients on the one-pixel model."""
-    script = OTHER_BACKEND_SCRIPT.format(tests=str(TESTS), project=str(PROJECT), backend=other, root=str(tmp_path / other))
+    script = OTHER_BACKEND_SCRIPT.format(
+        tests=str(TESTS), project=str(PROJECT), backend=other, root=str(tmp_path / other)
+    )
     run_dir = Path(run_under(other, script).stdout.strip().splitlines()[-1])
     assert json.loads((run_dir / "config.json").read_text())["versions"]["backend"] == other
     report_main([str(run_dir), "--out", str(tmp_path / "figures"), "--figures", "confusion,saliency,filters", *FAST])
@@ -262,5 +269,7 @@ def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
     configs = {"same": {"data_digest": plots.file_digest(data)}, "other": {"data_digest": "0" * 16}, "unrecorded": {}}
     cache, warnings = plots.SplitCache(), []
     for name, config in configs.items():
-        cache.get(plots.Run(tmp_path / name, {"data": str(data), **config}, None, {}), plots.Options(), log=warnings.append)
+        cache.get(
+            plots.Run(tmp_path / name, {"data": str(data), **config}, None, {}), plots.Options(), log=warnings.append
+        )
     assert len(warnings) == 1 and "other" in warnings[0]

@@ -43,7 +43,9 @@ def test_existing_submission_is_kept_unless_forced(trained_model, test_csv, tmp_
 
 
 def test_fer2013_prints_public_and_private_accuracy(trained_model, fer2013_csv, tmp_path):
-    result = run_script("predict.py", "--model", trained_model, "--data", fer2013_csv, "--out", tmp_path / "s.csv", check=True)
+    result = run_script(
+        "predict.py", "--model", trained_model, "--data", fer2013_csv, "--out", tmp_path / "s.csv", check=True
+    )
     assert "public (PublicTest) accuracy:" in result.stdout and "private (PrivateTest) accuracy:" in result.stdout
     assert len(pd.read_csv(tmp_path / "s.csv")) == 12
 
@@ -100,7 +102,13 @@ def test_image_files_are_classified(trained_model, tmp_path):
 
 
 def ship(*args):
-    return subprocess.run([sys.executable, "-m", "fersuite.ship", *map(str, args)], check=False, capture_output=True, text=True, cwd=PROJECT)
+    return subprocess.run(
+        [sys.executable, "-m", "fersuite.ship", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+    )
 
 
 def test_shipped_float16_model_predicts_like_the_original(trained_model, tmp_path):
@@ -161,7 +169,10 @@ def test_shipped_models_predict_the_sample_with_no_extra_files(tmp_path, monkeyp
     from predict import DEFAULT_ENSEMBLE
 
     shipped = sorted((PROJECT / "models").glob("*.keras"))
-    assert {path.stem for path in shipped} >= {"cnn", "mobilenet", "dnn"} and {path.name for path in shipped} == set(DEFAULT_ENSEMBLE)
+    assert (
+        {path.stem for path in shipped} >= {"cnn", "mobilenet", "dnn"}
+        and {path.name for path in shipped} == set(DEFAULT_ENSEMBLE)
+    )
     assert sum(path.stat().st_size for path in shipped) <= 12 * 2**20
     out = tmp_path / "submission.csv"
     result = run_script("predict.py", "--data", PROJECT / "data" / "fer2013_sample.csv.xz", "--out", out, check=True)
@@ -192,7 +203,16 @@ def test_shipped_models_give_the_same_probabilities_on_every_backend(tmp_path, o
     paths = [str(path) for path in sorted((PROJECT / "models").glob("*.keras"))]
     faces = load_table(PROJECT / "data" / "fer2013_sample.csv.xz", use_cache=False).pixels[:24].astype("float32")
     np.save(tmp_path / "faces.npy", faces)
-    script = SHIPPED_SCRIPT.format(project=str(PROJECT), backend=other, faces=str(tmp_path / "faces.npy"), paths=paths, out=str(tmp_path / "other.npy"))
+    script = SHIPPED_SCRIPT.format(
+        project=str(PROJECT),
+        backend=other,
+        faces=str(tmp_path / "faces.npy"),
+        paths=paths,
+        out=str(tmp_path / "other.npy"),
+    )
     run_under(other, script)
-    expected = np.stack([evaluation.predict_probabilities([evaluation.load_model(path)], faces, tta="zoom") for path in paths])
-    np.testing.assert_allclose(np.load(tmp_path / "other.npy"), expected, atol=2e-3)  # 6e-4 seen: int8 Dense, float16 weights
+    expected = np.stack(
+        [evaluation.predict_probabilities([evaluation.load_model(path)], faces, tta="zoom") for path in paths]
+    )
+    # 6e-4 seen: int8 Dense, float16 weights
+    np.testing.assert_allclose(np.load(tmp_path / "other.npy"), expected, atol=2e-3)

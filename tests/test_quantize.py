@@ -31,7 +31,13 @@ def convolution_bytes(variables):
 def small_cnn():
     """Weights drawn by NumPy, not by the backend's initializers: the model, and so how close its
     top two classes come on the test faces, is then the same on every backend."""
-    model = models.build_cnn(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(augment={"rotation_range": 10}), filters=(8, 16), dense=(16,))
+    model = models.build_cnn(
+        INPUT_SHAPE,
+        NUM_CLASSES,
+        models.preprocessing_layers(augment={"rotation_range": 10}),
+        filters=(8, 16),
+        dense=(16,),
+    )
     rng = np.random.default_rng(0)
     for variable in model.weights:
         shape, kind = tuple(variable.shape), variable.path.rsplit("/", 1)[-1]
@@ -92,7 +98,9 @@ def test_int4_ship_halves_the_int8_kernels_again_and_also_takes_an_int8_file(tmp
     ship(eight, four_from_eight, int4=True)
 
     stored_eight, stored_four = stored_variables(eight), stored_variables(four)
-    kernels_eight, kernels_four = ([stored[name][0] for name in sorted(stored) if "conv2d" in name] for stored in (stored_eight, stored_four))
+    kernels_eight, kernels_four = (
+        [stored[name][0] for name in sorted(stored) if "conv2d" in name] for stored in (stored_eight, stored_four)
+    )
     assert len(kernels_four) == len(kernels_eight) == 4
     for (dtype, size), (dtype_eight, size_eight) in zip(kernels_four, kernels_eight):
         assert (dtype, dtype_eight) == ("uint8", "int8") and size == (size_eight + 1) // 2
@@ -112,7 +120,13 @@ def test_init_from_a_shipped_model_continues_from_its_dequantized_weights(tmp_pa
     source, shipped = tmp_path / "best.keras", tmp_path / f"cnn{bits}.keras"
     save_model(small_cnn(), source, include_optimizer=False)
     ship(source, shipped, int8=bits == 8, int4=bits == 4)
-    fresh = models.build_cnn(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(augment={"rotation_range": 10}), filters=(8, 16), dense=(16,))
+    fresh = models.build_cnn(
+        INPUT_SHAPE,
+        NUM_CLASSES,
+        models.preprocessing_layers(augment={"rotation_range": 10}),
+        filters=(8, 16),
+        dense=(16,),
+    )
     training.start_from(fresh, shipped)
 
     assert not any(isinstance(layer, Int8Conv2D) for layer in fresh.layers)
@@ -124,7 +138,8 @@ def test_init_from_a_shipped_model_continues_from_its_dequantized_weights(tmp_pa
 
 
 def test_a_mixed_precision_model_ships_in_float32(tmp_path):
-    """A GPU run trains under mixed_float16; Keras refuses to quantize float16 layers, and a CPU predicts faster in float32."""
+    """A GPU run trains under mixed_float16; Keras refuses to quantize float16 layers, and a CPU predicts faster in
+    float32."""
     import keras
 
     keras.mixed_precision.set_dtype_policy("mixed_float16")

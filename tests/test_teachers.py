@@ -34,17 +34,23 @@ def test_a_saved_file_gives_the_targets_of_its_models_on_any_split(two_teachers,
     config = {"teacher_weight": 0.6, "teacher_temperature": 2.0, "verbose": 0}
     from_models = training.training_targets({**config, "teacher": list(two_teachers)}, faces, labels)
     for stand_in in ([str(both)], [str(first_only), two_teachers[1]]):
-        np.testing.assert_allclose(training.training_targets({**config, "teacher": stand_in}, faces, labels), from_models, atol=1e-6)
+        np.testing.assert_allclose(
+            training.training_targets({**config, "teacher": stand_in}, faces, labels), from_models, atol=1e-6
+        )
     weighted = teachers.probabilities([str(both), two_teachers[1]], faces)
     np.testing.assert_allclose(weighted, teachers.probabilities([*two_teachers, two_teachers[1]], faces), atol=1e-6)
     assert np.load(both)["sources"].tolist() == list(two_teachers)
-    assert not np.allclose(teachers.probabilities([str(first_only)], faces), teachers.probabilities([two_teachers[1]], faces), atol=1e-3)
+    assert not np.allclose(
+        teachers.probabilities([str(first_only)], faces), teachers.probabilities([two_teachers[1]], faces), atol=1e-3
+    )
 
 
 def test_a_saved_file_refuses_faces_it_has_not_seen(two_teachers, train_csv, tmp_path):
     saved = save_teachers(two_teachers[:1], train_csv, tmp_path / "teachers.npz")
     other = load_splits(write_csv(tmp_path / "other.csv", "label,feature", labeled_rows(20, seed=9)))["train"]
-    with pytest.raises(UserError, match=f"has no probabilities for {len(other):,} of the {len(other):,} training faces"):
+    with pytest.raises(
+        UserError, match=f"has no probabilities for {len(other):,} of the {len(other):,} training faces"
+    ):
         teachers.probabilities([str(saved)], other.pixels)
     (tmp_path / "junk.npz").write_text("not numpy")
     with pytest.raises(UserError, match="not a teachers' file"):

@@ -62,7 +62,9 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
 
 def test_mobilenet_keeps_the_hw8_network_as_a_preset(train_csv, tmp_path):
     runs = tmp_path / "runs"
-    run_script("train_mobilenet.py", *tiny_training_args("mobilenet", train_csv, runs), "--architecture", "hw8", check=True)
+    run_script(
+        "train_mobilenet.py", *tiny_training_args("mobilenet", train_csv, runs), "--architecture", "hw8", check=True
+    )
     config = json.loads((only_run(runs) / "config.json").read_text())
     expected = models.build_hw8_mobilenet(INPUT_SHAPE, NUM_CLASSES, alpha=0.25).count_params()
     assert config["architecture"] == "hw8" and config["dropout"] == 0.2 and config["parameters"] == expected
@@ -73,7 +75,12 @@ def test_teacher_soft_targets_mix_with_the_labels(tmp_path):
     teacher.save(tmp_path / "teacher.keras")
     pixels = np.random.default_rng(3).integers(0, 256, (10, 48, 48, 1), dtype=np.uint8)
     labels = np.arange(10) % NUM_CLASSES
-    config = {"teacher": [str(tmp_path / "teacher.keras")], "teacher_weight": 1.0, "teacher_temperature": 1.0, "verbose": 0}
+    config = {
+        "teacher": [str(tmp_path / "teacher.keras")],
+        "teacher_weight": 1.0,
+        "teacher_temperature": 1.0,
+        "verbose": 0,
+    }
     flipped = pixels[:, :, ::-1].astype("float32")
     expected = (teacher.predict(pixels.astype("float32"), verbose=0) + teacher.predict(flipped, verbose=0)) / 2
     np.testing.assert_allclose(training.training_targets(config, pixels, labels), expected, atol=1e-5)
@@ -214,7 +221,9 @@ def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, save
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     checkpoint = callbacks.RunCheckpoint(tmp_path, resume_every=every)
     calls, save = [], checkpoint.save_resume_state
-    monkeypatch.setattr(checkpoint, "save_resume_state", lambda epochs_done: (calls.append(epochs_done), save(epochs_done)))
+    monkeypatch.setattr(
+        checkpoint, "save_resume_state", lambda epochs_done: (calls.append(epochs_done), save(epochs_done))
+    )
     faces, targets = np.ones((14, 4), "float32"), np.eye(NUM_CLASSES, dtype="float32")[np.arange(14) % NUM_CLASSES]
     model.fit(faces, targets, validation_data=(faces, targets), epochs=3, callbacks=[checkpoint], verbose=0)
     assert calls == saved
@@ -236,20 +245,32 @@ def test_a_resumed_run_decays_and_stops_at_the_epochs_the_uninterrupted_one_did(
         history = pd.read_csv(run_dir / "history.csv").to_dict("records") if state["epochs_done"] else []
         patient = training._patient_callbacks(config)
         checkpoint = callbacks.RunCheckpoint(run_dir, history, state["best"], 0, patient, state.get("counters"))
-        model.fit(faces, targets, validation_data=(faces, targets), epochs=epochs, initial_epoch=state["epochs_done"], callbacks=[*patient, checkpoint], verbose=0)
+        model.fit(
+            faces,
+            targets,
+            validation_data=(faces, targets),
+            epochs=epochs,
+            initial_epoch=state["epochs_done"],
+            callbacks=[*patient, checkpoint],
+            verbose=0,
+        )
         return pd.read_csv(run_dir / "history.csv")[["epoch", "learning_rate"]]
 
     def new_model():
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
-        model.compile(optimizer=keras.optimizers.SGD(config["lr"]), loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.SGD(config["lr"]), loss="categorical_crossentropy", metrics=["accuracy"]
+        )
         return model
 
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir(), parts.mkdir()
     uninterrupted = fit(whole, new_model(), epochs=10)
     fit(parts, new_model(), epochs=2)
-    resumed = fit(parts, keras.saving.load_model(parts / "last.keras"), 10, callbacks.read_resume_state(parts / "last.keras"))
+    resumed = fit(
+        parts, keras.saving.load_model(parts / "last.keras"), 10, callbacks.read_resume_state(parts / "last.keras")
+    )
     assert list(uninterrupted["epoch"]) == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(resumed, uninterrupted)
 
@@ -336,7 +357,10 @@ def _tiny_config(data, runs, epochs):
 
     parser = cli.training_parser("", DEFAULTS)
     parser.add_argument("--units", type=cli.int_list)
-    args = ["--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0, "--resume-every", 0]
+    args = [
+        "--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0,
+        "--resume-every", 0,
+    ]
     return vars(parser.parse_args([*map(str, args), "--quiet"]))
 
 
@@ -430,7 +454,9 @@ def test_under_jax_training_compiles_once_never_waits_for_a_step_and_stops_on_na
     turns; and a smaller last batch compiles the training step a second time. TensorFlow never
     dispatches callbacks asynchronously nor recompiles for it, hence the JAX interpreter. The run's
     37 training faces in batches of 16 would leave a last batch of 5."""
-    script = JAX_DISPATCH_SCRIPT.format(tests=str(PROJECT / "tests"), project=str(PROJECT), data=str(train_csv), runs=str(tmp_path / "runs"))
+    script = JAX_DISPATCH_SCRIPT.format(
+        tests=str(PROJECT / "tests"), project=str(PROJECT), data=str(train_csv), runs=str(tmp_path / "runs")
+    )
     result = run_under("jax", script, JAX_LOG_COMPILES="1")
     assert result.stdout.strip().splitlines()[-1] == "ok"
     assert len(re.findall(r"Compiling (?:jit\()?train_step\b", result.stderr)) == 1
@@ -475,7 +501,10 @@ def test_time_budget_counts_the_minutes_before_fit(tmp_path):
     """Teachers' predictions took about a minute before a GPU session's distilled run began to fit;
     its budget must include them, or that run outlasts the others and the 10-minute command."""
     config = {"time_budget": 1.0, "schedule": "constant", "lr": 1e-3, "warmup_epochs": 0, "epochs": 100}
-    late, fresh = (callbacks.TimeBudget(config, callbacks.RunCheckpoint(tmp_path), started) for started in (time.perf_counter() - 61, None))
+    late, fresh = (
+        callbacks.TimeBudget(config, callbacks.RunCheckpoint(tmp_path), started)
+        for started in (time.perf_counter() - 61, None)
+    )
     for budget in (late, fresh):
         budget.set_model(types.SimpleNamespace(stop_training=False))
         budget.on_train_begin()
@@ -533,16 +562,27 @@ def test_init_from_run_records_its_starting_model(train_csv, tmp_path):
     start = only_run(first) / "best.keras"
     run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, second, 1, "--init-from", start), check=True)
     assert json.loads((only_run(second) / "config.json").read_text())["init_from"] == str(start)
-    for backend in ("tensorflow", "jax"):  # stderr is the one line: TensorFlow's C++ start-up notice is kept off it on both
+    # stderr is the one line: TensorFlow's C++ start-up notice is kept off it on both
+    for backend in ("tensorflow", "jax"):
         third = tmp_path / backend
-        wrong = run_script("train_cnn.py", *tiny_training_args("cnn", train_csv, third, 1, "--init-from", start, "--filters", "4,8,8"), env={"KERAS_BACKEND": backend})
+        wrong = run_script(
+            "train_cnn.py",
+            *tiny_training_args("cnn", train_csv, third, 1, "--init-from", start, "--filters", "4,8,8"),
+            env={"KERAS_BACKEND": backend},
+        )
         assert wrong.returncode == 2 and wrong.stderr.startswith(f"error: {start}: its network differs"), wrong.stderr
         assert wrong.stderr.count("\n") == 1 and (not third.exists() or not any(third.iterdir()))
 
 
 @pytest.mark.parametrize(
     "name,weight_decay,expected",
-    [("adam", 0.0, ("Adam", None)), ("adam", 5e-4, ("Adam", 5e-4)), ("adamw", 0.0, ("AdamW", 0.0)), ("adamw", 5e-4, ("AdamW", 5e-4)), ("sgd", 5e-4, ("SGD", 5e-4))],
+    [
+        ("adam", 0.0, ("Adam", None)),
+        ("adam", 5e-4, ("Adam", 5e-4)),
+        ("adamw", 0.0, ("AdamW", 0.0)),
+        ("adamw", 5e-4, ("AdamW", 5e-4)),
+        ("sgd", 5e-4, ("SGD", 5e-4)),
+    ],
 )
 def test_optimizer_takes_the_weight_decay_asked_for(name, weight_decay, expected):
     """By class name: PyTorch's backend has classes of its own with Keras's names."""
