@@ -1,4 +1,4 @@
-"""A whole GPU session in one command: several runs trained side by side on the one GPU for a
+r"""A whole GPU session in one command: several runs trained side by side on the one GPU for a
 fixed time each, GPU utilisation sampled throughout, every model shipped and every run's small
 files packed to bring back.
 
@@ -26,8 +26,8 @@ optimizer; `--int8` for int8 kernels), `runs.tar.gz` (each run's config.json, hi
 metrics.json and confusion_matrix.csv, and the MobileNets' shipped `<name>.keras`, 0.1-1.7 MB
 each, so up to 3 MobileNet runs can go beside 5 others), `runs.log` (every run's output, each
 line prefixed by its run's name and written as it comes, so it comes back even from a command
-stopped at its limit) and `summary.json`. A name is the family, numbered from the second run of a \
-family on: cnn, cnn-2, ...
+stopped at its limit) and `summary.json`. A name is the family, numbered from the second run of
+a family on: cnn, cnn-2, ...
 """
 
 import argparse
