@@ -21,7 +21,7 @@ from fersuite.atomic import save_model, write_text
 
 MONITOR = "val_accuracy"
 COSINE_FLOOR = 0.01  # a cosine schedule ends at this share of its peak learning rate
-RESUME_STATE = "resume_state.json"  # inside last.keras: epochs done, best score, patience counters
+RESUME_STATE = "resume_state.json"  # inside last.keras: epochs done and patience counters
 COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")  # of EarlyStopping and ReduceLROnPlateau
 
 
@@ -80,11 +80,12 @@ class RunCheckpoint(keras.callbacks.Callback):
     uninterrupted run would have.
     """
 
-    def __init__(self, run_dir, history=None, best=-math.inf, resume_every=60.0, patient=(), counters=None):
+    def __init__(self, run_dir, history=None, best_record=None, resume_every=60.0, patient=(), counters=None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.rows = list(history or [])
-        self.best = best
+        # best.keras's epoch: after a resume it may be one that was run again since, not in self.rows
+        self.best_record = best_record
         self.resume_every = resume_every
         self.patient = list(patient)
         self.counters = counters or {}
@@ -92,6 +93,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         self._epoch_start = None
         self._saved_epochs = None
         self._saved_at = -math.inf
+
+    @property
+    def best(self):
+        return -math.inf if self.best_record is None else self.best_record[MONITOR]
 
     def on_train_begin(self, logs=None):
         for callback in self.patient:
@@ -103,14 +108,16 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        # ReduceLROnPlateau, which runs first, puts the epoch's rate in the logs before it lowers it
+        logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         logs["seconds"] = time.perf_counter() - self._epoch_start
-        self.rows.append({"epoch": epoch + 1, **{key: float(value) for key, value in logs.items()}})
+        row = {"epoch": epoch + 1, **{key: float(value) for key, value in logs.items()}}
+        self.rows.append(row)
         if not math.isfinite(logs.get("loss", 0.0)):
             self.diverged_epoch = epoch + 1
             self.model.stop_training = True
         elif logs.get(MONITOR, -math.inf) > self.best:
-            self.best = logs[MONITOR]
+            self.best_record = row
             with averaged_weights(self.model):
                 save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
         write_text(self.run_dir / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
@@ -128,7 +135,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             }
             for callback in self.patient
         }
-        state = {"epochs_done": epochs_done, "best": self.best, "counters": counters}
+        state = {"epochs_done": epochs_done, "counters": counters}
         save_model(self.model, self.run_dir / "last.keras", entries={RESUME_STATE: json.dumps(state)})
         self._saved_epochs, self._saved_at = epochs_done, time.perf_counter()
 
@@ -178,7 +185,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.config = config
         self.earlier = sum(row["seconds"] for row in checkpoint.rows)
         self.started = time.perf_counter() if started is None else started
-        self.durations = []
+        self.durations = [row["seconds"] for row in checkpoint.rows]  # a resumed run's pace so far
 
     def spent(self):
         return self.earlier + time.perf_counter() - self.started

@@ -294,6 +294,22 @@ def split_seed(config):
     return config.get("split_seed", config.get("seed", 0))
 
 
+def recorded_path(recorded, run_path, recorded_run_dir):
+    """A file that a run's config.json names as it was typed, found from here: as it is, else from
+    the folder training ran in (a run recorded as runs/cnn-1 ran two folders above its directory);
+    None if neither has it. A run recorded by its absolute path says nothing about that folder."""
+    recorded, recorded_run_dir = Path(recorded), Path(recorded_run_dir)
+    if recorded.is_absolute() or recorded.exists():
+        return recorded
+    if not recorded_run_dir.is_absolute():
+        training_dir = Path(run_path).resolve()
+        for _ in recorded_run_dir.parts:
+            training_dir = training_dir.parent
+        if (training_dir / recorded).exists():
+            return training_dir / recorded
+    return None
+
+
 def load_splits(path, val_split=0.1, seed=0):
     return split_table(load_table(path), val_split, seed)
 

@@ -25,7 +25,7 @@ from scipy import ndimage
 from fersuite import EMOTIONS, backend, complexity, evaluation
 from fersuite.atomic import save_figure, write_text
 from fersuite.callbacks import best_row
-from fersuite.data import Split, file_digest, load_splits, split_seed
+from fersuite.data import Split, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
 
 DPI = 150
@@ -642,17 +642,10 @@ def data_path(run, data=None):
         return Path(data)
     if "data" not in run.config:
         raise UserError(f"{run.path / 'config.json'}: has no 'data'; pass --data")
-    recorded = Path(run.config["data"])
-    if recorded.is_absolute() or recorded.exists():
-        return recorded
-    run_dir = Path(run.config.get("run_dir", "runs/x"))
-    if not run_dir.is_absolute():  # the run and its data were both named from where training ran
-        training_dir = run.path.resolve()
-        for _ in run_dir.parts:
-            training_dir = training_dir.parent
-        if (training_dir / recorded).exists():
-            return training_dir / recorded
-    raise UserError(f"{run.path}: its data file {recorded} is not found from here; pass --data")
+    found = recorded_path(run.config["data"], run.path, run.config.get("run_dir", "runs/x"))
+    if found is None:
+        raise UserError(f"{run.path}: its data file {run.config['data']} is not found from here; pass --data")
+    return found
 
 
 class SplitCache:

@@ -33,7 +33,7 @@ from fersuite.callbacks import (
     best_row,
     read_resume_state,
 )
-from fersuite.data import check_readable_file, file_digest, load_splits, split_seed
+from fersuite.data import check_readable_file, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
 
@@ -244,18 +244,19 @@ def _resume_state(run_dir):
         raise UserError(f"{run_dir}: no such run directory")
     for name in ("config.json", "last.keras", "history.csv"):
         if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir}: cannot resume, {name} is missing (no epoch finished yet?)")
+            raise UserError(
+                f"{run_dir}: cannot resume, {name} is missing (the run stopped before its first epoch was saved?)"
+            )
     state = read_resume_state(run_dir / "last.keras")
+    if state is None and (run_dir / "state.json").is_file():  # earlier versions kept it beside last.keras
+        state = json.loads((run_dir / "state.json").read_text())
     if state is None:
-        raise UserError(
-            f"{run_dir}: cannot resume, last.keras holds no resume state "
-            "(it was not saved by a training run of this version)"
-        )
+        raise UserError(f"{run_dir}: cannot resume, last.keras holds no resume state (not saved by a training run?)")
     config = json.loads((run_dir / "config.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
-    if MONITOR in history and history[MONITOR].notna().any():
-        # best.keras may hold an epoch after the one last.keras saved: the epochs run again must beat it
-        state["best"] = max(state["best"], float(history[MONITOR].max()))
+    # best.keras may hold an epoch after the one last.keras saved, which is run again: it stays the best
+    best = best_row(history)
+    state["best_record"] = None if best is None else best.to_dict()
     history = history[history["epoch"] <= state["epochs_done"]].to_dict("records")
     return config, state, history
 
@@ -278,9 +279,44 @@ def _resumed(run_dir, family, given):
             f"{run_dir}: finished already; "
             f"to train it longer, start a new run with --init-from {run_dir / 'best.keras'}"
         )
-    config = {**config, **{key: given[key] for key in cli.RESUME_SETTINGS if key in given}}
+    config = {**_inputs_found(run_dir, config), **{key: given[key] for key in cli.RESUME_SETTINGS if key in given}}
+    digest = file_digest(config["data"])
+    if config.get("data_digest", digest) != digest:
+        raise UserError(
+            f"{config['data']}: is not the file {run_dir} was trained on (its content changed); "
+            "resumed on it, the run would pick its best model on other validation faces"
+        )
     print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     return config, state, history
+
+
+def _inputs_found(run_dir, config):
+    """The run's --data and --teacher files as its config.json recorded them, found from here."""
+
+    def found(recorded):
+        path = recorded_path(recorded, run_dir, config.get("run_dir", run_dir))
+        if path is None or not path.exists():
+            raise UserError(f"{run_dir}: cannot resume, {recorded} is not found from here (nor from where it trained)")
+        return str(path)
+
+    return {**config, "data": found(config["data"]), "teacher": [found(path) for path in config.get("teacher") or []]}
+
+
+def _reopened(path, epochs_done):
+    """last.keras, ready to train on here.
+
+    load_model restores the compile settings as the saving backend resolved them (XLA off under
+    TensorFlow on a CPU, on under JAX: a TensorFlow run resumed under JAX trained 100x slower), so
+    the model is compiled again with its own optimizer, state and all. Keras saves no layer's place
+    in its random stream either: augmentation and dropout would draw epoch 1's values again, so each
+    stream moves to one of its own for the epoch the run resumes at."""
+    model = keras.saving.load_model(path)
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    for variable in model.non_trainable_variables:
+        if variable.path.endswith("seed_generator_state"):
+            seed = int(keras.ops.convert_to_numpy(variable)[0])
+            variable.assign(keras.ops.cast([(seed + 1_000_003 * epochs_done) % 2**31, 0], variable.dtype))
+    return model
 
 
 def _labeled_splits(config):
@@ -325,8 +361,8 @@ def train(family, config, build_network, resume=None):
         config, state, history = _resumed(Path(resume), family, config)
     else:
         check_config(config)
-        state, history = {"epochs_done": 0, "best": -math.inf, "counters": {}}, []
-    backend.make_deterministic(config["seed"])
+        state, history = {"epochs_done": 0, "best_record": None, "counters": {}}, []
+    backend.make_deterministic(config["seed"] + state["epochs_done"])  # a resumed run: not epoch 1's shuffles
     use_gpu = backend.gpu_available()
     if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
         keras.mixed_precision.set_dtype_policy("mixed_float16")
@@ -334,7 +370,7 @@ def train(family, config, build_network, resume=None):
     targets = training_targets(config, train_split.pixels, train_split.labels)
     if resume:
         run_dir = Path(resume)
-        model = keras.saving.load_model(run_dir / "last.keras")
+        model = _reopened(run_dir / "last.keras", state["epochs_done"])
     else:
         model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu)
     print(f"run directory: {run_dir}")
@@ -346,7 +382,7 @@ def train(family, config, build_network, resume=None):
     checkpoint = RunCheckpoint(
         run_dir,
         history,
-        state["best"],
+        state["best_record"],
         config.get("resume_every", 60.0),
         _patient_callbacks(config),
         state.get("counters"),
@@ -400,7 +436,7 @@ def finish(run_dir, config, checkpoint, validation, wall, interrupted):
         "diverged_epoch": checkpoint.diverged_epoch,
         "backend": backend.name(),
     }
-    best = best_row(history)
+    best = checkpoint.best_record  # best.keras's epoch, which a resumed run may have run again since
     if best is not None:
         metrics.update(best_val_accuracy=float(best[MONITOR]), best_epoch=int(best["epoch"]))
         metrics["train_images_per_second"] = round(config["train_rows"] / metrics["seconds_per_epoch"], 1)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import types
+import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -25,9 +27,9 @@ from conftest import (
     write_last_keras,
 )
 
-from fersuite import INPUT_SHAPE, NUM_CLASSES, callbacks, models, training
+from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES, callbacks, models, training
 from fersuite.augment import MixUpBatches, full_batch_order
-from fersuite.data import load_splits
+from fersuite.data import file_digest, load_splits
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
@@ -235,16 +237,15 @@ def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, save
 def test_a_resumed_run_decays_and_stops_at_the_epochs_the_uninterrupted_one_did(tmp_path):
     """Plateau decay and early stopping count epochs without a new best; a resumed fit starts them
     at zero unless last.keras brings their counters back. A learning rate of 1e-9 keeps the
-    validation accuracy flat, so both fire: the rate halves every 2 epochs, the run stops at 4."""
+    validation accuracy flat, so both fire: the rate halves after epoch 3, the run stops at 4.
+    history.csv records the rate each epoch trained with, not the one lowered after it."""
     config = {"schedule": "plateau", "patience": 3, "lr": 1e-9}
     faces = np.random.default_rng(0).random((14, 4), "float32")
     targets = np.eye(NUM_CLASSES, dtype="float32")[np.arange(14) % NUM_CLASSES]
 
-    def fit(run_dir, model, epochs, state=None):
-        state = state or {"epochs_done": 0, "best": -math.inf}
-        history = pd.read_csv(run_dir / "history.csv").to_dict("records") if state["epochs_done"] else []
+    def fit(run_dir, model, epochs, state, history=()):
         patient = training._patient_callbacks(config)
-        checkpoint = callbacks.RunCheckpoint(run_dir, history, state["best"], 0, patient, state.get("counters"))
+        checkpoint = callbacks.RunCheckpoint(run_dir, history, state["best_record"], 0, patient, state["counters"])
         model.fit(
             faces,
             targets,
@@ -264,26 +265,88 @@ def test_a_resumed_run_decays_and_stops_at_the_epochs_the_uninterrupted_one_did(
         )
         return model
 
+    start = {"epochs_done": 0, "best_record": None, "counters": {}}
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir(), parts.mkdir()
-    uninterrupted = fit(whole, new_model(), epochs=10)
-    fit(parts, new_model(), epochs=2)
-    resumed = fit(
-        parts, keras.saving.load_model(parts / "last.keras"), 10, callbacks.read_resume_state(parts / "last.keras")
-    )
+    (parts / "config.json").write_text("{}")
+    uninterrupted = fit(whole, new_model(), 10, start)
+    fit(parts, new_model(), 2, start)
+    _, state, history = training._resume_state(parts)
+    resumed = fit(parts, training._reopened(parts / "last.keras", state["epochs_done"]), 10, state, history)
     assert list(uninterrupted["epoch"]) == [1, 2, 3, 4]
+    assert list(uninterrupted["learning_rate"]) == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10])
     pd.testing.assert_frame_equal(resumed, uninterrupted)
 
 
 def test_resume_keeps_a_best_model_saved_after_the_resume_state(tmp_path):
     """last.keras is saved at most once a minute, best.keras on every new best: the epochs run again
-    after a resume must beat the best of the whole history, not the best when last.keras was saved."""
+    after a resume must beat the best of the whole history, not the best when last.keras was saved,
+    and the run's metrics name the epoch best.keras holds."""
     (tmp_path / "config.json").write_text("{}")
-    write_last_keras(tmp_path / "last.keras", {"epochs_done": 1, "best": 0.3})
+    write_last_keras(tmp_path / "last.keras", {"epochs_done": 1, "counters": {}})
+    pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.4], "seconds": 1.0}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+    _, state, history = training._resume_state(tmp_path)
+    assert state["epochs_done"] == 1 and state["best_record"]["epoch"] == 2
+    assert [row["epoch"] for row in history] == [1]
+    checkpoint = callbacks.RunCheckpoint(tmp_path, history, state["best_record"])
+    checkpoint.rows.append({"epoch": 2, "val_accuracy": 0.45, "seconds": 1.0})  # epoch 2 run again, worse
+    config = {"family": "dnn", "parameters": 10, "train_rows": 100}
+    metrics = training.finish(tmp_path, config, checkpoint, None, 1.0, interrupted=True)
+    assert (metrics["best_epoch"], metrics["best_val_accuracy"]) == (2, 0.5)
+
+
+def test_a_run_saved_by_an_earlier_version_resumes_from_its_state_json(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with zipfile.ZipFile(tmp_path / "last.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    (tmp_path / "state.json").write_text('{"epochs_done": 2, "best": 0.5}')
     pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.4]}).to_csv(tmp_path / "history.csv", index=False)
     _, state, history = training._resume_state(tmp_path)
-    assert state == {"epochs_done": 1, "best": 0.5}
-    assert [row["epoch"] for row in history] == [1]
+    assert state["epochs_done"] == 2 and [row["epoch"] for row in history] == [1, 2]
+
+
+def test_resume_from_another_folder_finds_the_data_and_refuses_changed_data(tmp_path, monkeypatch):
+    """config.json records --data as typed (data/train.csv, from the project folder); a resume from
+    elsewhere finds it there. If the file's content changed, validation would be on other faces."""
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    data = write_csv(tmp_path / "project" / "data" / "train.csv", "label,feature", labeled_rows(14))
+    run_dir = tmp_path / "project" / "runs" / "cnn-1"
+    run_dir.mkdir(parents=True)
+    config = {"family": "cnn", "data": "data/train.csv", "run_dir": "runs/cnn-1", "data_digest": file_digest(data)}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "history.csv").write_text("epoch,val_accuracy\n1,0.2\n")
+    write_last_keras(run_dir / "last.keras", {"epochs_done": 1, "counters": {}})
+    monkeypatch.chdir(tmp_path)
+    resumed, _, _ = training._resumed(run_dir, "cnn", {})
+    assert Path(resumed["data"]).resolve() == data.resolve()
+    write_csv(data, "label,feature", labeled_rows(14, seed=1))
+    with pytest.raises(UserError, match="data/train.csv: is not the file .* was trained on"):
+        training._resumed(run_dir, "cnn", {})
+
+
+def test_a_reopened_model_compiles_for_this_backend_and_draws_new_augmentations(tmp_path):
+    """load_model keeps the saving backend's jit_compile (XLA on under JAX, off under TensorFlow on a
+    CPU) and starts every layer's random stream again: a resumed run would repeat epoch 1's draws."""
+    keras.utils.set_random_seed(0)
+    preprocessing = models.preprocessing_layers(augment=AUGMENTATION, erasing=0.5, seed=0)
+    model = keras.Sequential([keras.Input(INPUT_SHAPE), *preprocessing, keras.layers.Flatten(), keras.layers.Dense(7)])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
+    faces = np.random.default_rng(0).uniform(0, 255, (4, *INPUT_SHAPE)).astype("float32")
+    epoch_one = keras.ops.convert_to_numpy(model.layers[0](faces, training=True))
+    model.save(tmp_path / "last.keras")
+
+    def first_draw(loaded):
+        return keras.ops.convert_to_numpy(loaded.layers[0](faces, training=True))
+
+    assert keras.saving.load_model(tmp_path / "last.keras").jit_compile is True
+    np.testing.assert_array_equal(first_draw(keras.saving.load_model(tmp_path / "last.keras")), epoch_one)
+    reopened = training._reopened(tmp_path / "last.keras", epochs_done=3)
+    assert reopened.jit_compile is (keras.backend.backend() == "jax")
+    moved_on = first_draw(reopened)
+    assert not np.allclose(moved_on, epoch_one)
+    np.testing.assert_array_equal(first_draw(training._reopened(tmp_path / "last.keras", 3)), moved_on)
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
