@@ -49,7 +49,10 @@ def parse_args(argv=None):
         help="folder for the figures: FIG_DIR/<run>/ per run, the comparison in FIG_DIR (default: %(default)s)",
     )
     parser.add_argument(
-        "--figures", type=figure_list, default=FIGURES, help=f"comma-separated, from {','.join(FIGURES)} (default: all)"
+        "--figures",
+        type=figure_list,
+        default=FIGURES,
+        help=f"comma-separated, e.g. history,confusion; any of {', '.join(FIGURES)} (default: all)",
     )
 
     data = parser.add_argument_group("data")

@@ -346,6 +346,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not is_packed(args.destination):
         parser.error("the destination must end in .npz or .npz.xz")
+    check_readable_file(args.source)  # before the destination's folder is made
     try:
         Path(args.destination).parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -445,7 +445,10 @@ def check_layer(runs, name, figures):
         return
     for run in runs:
         if run.model_path.is_file():
-            pick_conv_layer(evaluation.load_model(run.model_path), name)
+            try:
+                pick_conv_layer(evaluation.load_model(run.model_path), name)
+            except UserError as error:
+                raise UserError(f"{run.path}: {error}") from None
 
 
 def predict(model, pixels, with_features=False, batch_size=256):

@@ -44,6 +44,13 @@ def float32_model(model):
     return copy
 
 
+def float_parameter_count(model):
+    """Parameters as the float network has them: a source shipped in int8 already also holds its scales."""
+    from fersuite.quantize import float_weights
+
+    return sum(weight.size for layer in model.layers for weight in float_weights(layer))
+
+
 def ship(source, destination, force=False, int8=False, int4=False):
     """Check the model, then write it lean and in float16; returns its parameters and the file's size in bytes."""
     from fersuite.atomic import save_model
@@ -54,7 +61,7 @@ def ship(source, destination, force=False, int8=False, int4=False):
         raise UserError(f"{destination}: the name must end in .keras")
     cli.check_output(destination, force)
     model = float32_model(load_model(source))
-    parameters = model.count_params()
+    parameters = float_parameter_count(model)
     if int8 or int4:
         from fersuite.quantize import quantize_convolutions, quantize_dense
 

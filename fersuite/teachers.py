@@ -100,7 +100,7 @@ def main(argv=None):
         parser.error("--out must end in .npz")
     cli.check_output(args.out, args.force)
     table = load_table(args.data)
-    print(f"{len(args.models)} teacher(s) on {len(table.pixels):,} faces and their mirrors")
+    print(f"{len(args.models)} teacher file(s) on {len(table.pixels):,} faces and their mirrors")
     mean = probabilities(args.models, table.pixels, verbose=1)
     labeled = table.labels >= 0
     if labeled.any():

@@ -131,6 +131,9 @@ def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
     assert data.main(["pack", str(path), str(packed)]) is None
     with pytest.raises(UserError, match="already exists; pass --force"):
         data.main(["pack", str(path), str(packed)])
+    with pytest.raises(UserError, match="no such file"):
+        data.main(["pack", str(tmp_path / "missing.csv"), str(tmp_path / "new" / "x.npz.xz")])
+    assert not (tmp_path / "new").exists()
     original, loaded = data.load_table(path), data.load_table(packed)
     np.testing.assert_array_equal(loaded.pixels, original.pixels)
     np.testing.assert_array_equal(loaded.usage, original.usage)

@@ -207,7 +207,7 @@ def test_the_confusion_matrix_alone_goes_into_a_new_folder(report, tmp_path):
         (["{missing}"], "no such run directory"),
         (["--runs-dir", "{missing}"], "no such runs directory"),
         (["{run}", "--figures", "history,colour"], "unknown figure 'colour'"),
-        (["{run}", "--figures", "filters", "--layer", "nope"], "has no layer 'nope'"),
+        (["{run}", "--figures", "filters", "--layer", "nope"], "{run}: model 'cnn' has no layer 'nope'"),
         (["{run}", "--figures", "history", "--out", "{file}"], "cannot create the figures directory"),
     ],
 )
@@ -219,6 +219,7 @@ def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, 
         cli.run(lambda: report_main(["--out", str(tmp_path / "figures"), *argv]))
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
+    message = message.format(run=run_dir)
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
     assert not (tmp_path / "figures").exists()  # refused before any figure
 

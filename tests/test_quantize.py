@@ -95,7 +95,8 @@ def test_int4_ship_halves_the_int8_kernels_again_and_also_takes_an_int8_file(tmp
     eight, four, four_from_eight = tmp_path / "cnn8.keras", tmp_path / "cnn4.keras", tmp_path / "cnn4b.keras"
     ship(source, eight, int8=True)
     ship(source, four, int4=True)
-    ship(eight, four_from_eight, int4=True)
+    parameters, _ = ship(eight, four_from_eight, int4=True)
+    assert parameters == evaluation.load_model(source).count_params()  # not counting the int8 file's scales
 
     stored_eight, stored_four = stored_variables(eight), stored_variables(four)
     kernels_eight, kernels_four = (
