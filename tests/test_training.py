@@ -326,27 +326,47 @@ def test_resume_from_another_folder_finds_the_data_and_refuses_changed_data(tmp_
         training._resumed(run_dir, "cnn", {})
 
 
-def test_a_reopened_model_compiles_for_this_backend_and_draws_new_augmentations(tmp_path):
-    """load_model keeps the saving backend's jit_compile (XLA on under JAX, off under TensorFlow on a
-    CPU) and starts every layer's random stream again: a resumed run would repeat epoch 1's draws."""
+def _augmenting_model(path):
+    """A compiled model with the suite's augmentation and random erasing, saved to `path`; the faces
+    it was called on and its first (epoch-1) augmentation of them."""
     keras.utils.set_random_seed(0)
     preprocessing = models.preprocessing_layers(augment=AUGMENTATION, erasing=0.5, seed=0)
     model = keras.Sequential([keras.Input(INPUT_SHAPE), *preprocessing, keras.layers.Flatten(), keras.layers.Dense(7)])
-    model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=True)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
     faces = np.random.default_rng(0).uniform(0, 255, (4, *INPUT_SHAPE)).astype("float32")
     epoch_one = keras.ops.convert_to_numpy(model.layers[0](faces, training=True))
-    model.save(tmp_path / "last.keras")
+    model.save(path)
+    return faces, epoch_one
+
+
+def test_a_reopened_model_draws_new_augmentations(tmp_path):
+    """Keras saves no layer's place in its random stream: a loaded model draws epoch 1's
+    augmentations (and dropout masks) again, so a resumed run would repeat them."""
+    faces, epoch_one = _augmenting_model(tmp_path / "last.keras")
 
     def first_draw(loaded):
         return keras.ops.convert_to_numpy(loaded.layers[0](faces, training=True))
 
-    assert keras.saving.load_model(tmp_path / "last.keras").jit_compile is True
     np.testing.assert_array_equal(first_draw(keras.saving.load_model(tmp_path / "last.keras")), epoch_one)
-    reopened = training._reopened(tmp_path / "last.keras", epochs_done=3)
-    assert reopened.jit_compile is (keras.backend.backend() == "jax")
-    moved_on = first_draw(reopened)
+    moved_on = first_draw(training._reopened(tmp_path / "last.keras", epochs_done=3))
     assert not np.allclose(moved_on, epoch_one)
     np.testing.assert_array_equal(first_draw(training._reopened(tmp_path / "last.keras", 3)), moved_on)
+
+
+def test_a_run_saved_under_tensorflow_resumes_under_jax_with_xla(tmp_path):
+    """load_model keeps the saving backend's jit_compile: a TensorFlow CPU run saves it off, and
+    resumed under JAX it trained 100x slower. Reopened, it is compiled for the backend at hand."""
+    _augmenting_model(tmp_path / "last.keras")
+    script = f"""
+import keras
+from fersuite import training
+plain = keras.saving.load_model({str(tmp_path / "last.keras")!r})
+reopened = training._reopened({str(tmp_path / "last.keras")!r}, 1)
+print(plain.jit_compile, reopened.jit_compile, int(reopened.optimizer.iterations.numpy()))
+"""
+    if keras.saving.load_model(tmp_path / "last.keras").jit_compile:
+        pytest.skip("saved with jit_compile on (under JAX, or TensorFlow on a GPU): nothing for JAX to correct")
+    assert run_under("jax", script).stdout.split()[-3:] == ["False", "True", "0"]
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
