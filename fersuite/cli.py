@@ -150,21 +150,29 @@ class TrainingParser(Parser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         if parsed.resume:
-            given = [
-                name
-                for name, value in vars(parsed).items()
-                if name not in ("resume", *RESUME_SETTINGS) and value != self.get_default(name)
-            ]
-            if given:
-                flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+            given = self.given(args)
+            refused = [name for name in vars(parsed) if name in given and name not in ("resume", *RESUME_SETTINGS)]
+            if refused:
+                flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
                 self.error(
                     f"--resume continues a run with the settings in its config.json; drop {flags} "
                     "(or start a new run with --init-from RUN_DIR/best.keras)"
                 )
             for name in RESUME_SETTINGS:  # not given again: the run's own setting stands
-                if getattr(parsed, name) == self.get_default(name):
+                if name not in given:
                     delattr(parsed, name)
         return parsed
+
+    def given(self, args=None):
+        """The settings typed on the command line, even at their default value: parsed again with no defaults."""
+        defaults = {action: action.default for action in self._actions}
+        try:
+            for action in self._actions:
+                action.default = argparse.SUPPRESS
+            return set(vars(super().parse_args(args)))
+        finally:
+            for action, default in defaults.items():
+                action.default = default
 
 
 def training_parser(description, defaults):
@@ -201,7 +209,7 @@ def training_parser(description, defaults):
         "--resume",
         metavar="RUN_DIR",
         help="continue an interrupted run from the epoch its last.keras holds, with the settings in its config.json "
-        "(only --resume-every and --quiet may be given again)",
+        "(only --resume-every, --quiet and --no-quiet may be given again)",
     )
     data.add_argument(
         "--resume-every",
@@ -376,5 +384,12 @@ def training_parser(description, defaults):
         const=2,
         default=1,
         help="one line per epoch instead of progress bars",
+    )
+    parser.add_argument(
+        "--no-quiet",
+        dest="verbose",
+        action="store_const",
+        const=1,
+        help="progress bars, the default; undoes --quiet when resuming a run that had it",
     )
     return parser

@@ -327,6 +327,8 @@ def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_pat
     write_last_keras(run_dir / "last.keras", {"epochs_done": 1, "best": 0.5})
     code, err = invoke("train_cnn", ["--resume", run_dir, "--epochs", 7, "--lr", 0.1], monkeypatch, capsys)
     assert code == 2 and "drop --epochs, --lr" in err and err.count("\n") == 1, err
+    code, err = invoke("train_cnn", ["--resume", run_dir, "--batch-size", 128], monkeypatch, capsys)
+    assert code == 2 and "drop --batch-size" in err, "a setting given at its default value is ignored too"
     code, err = invoke("train_mobilenet", ["--resume", run_dir, "--quiet", "--resume-every", 0], monkeypatch, capsys)
     assert code == 2 and f"{run_dir}: is a cnn run; resume it with train_cnn.py" in err, err
     code, err = invoke("train_cnn", ["--resume", tmp_path / "no_such_run"], monkeypatch, capsys)
@@ -341,3 +343,5 @@ def test_a_resumed_run_keeps_its_own_output_settings_unless_given_again():
     assert not hasattr(parser.parse_args(["--resume", "runs/x"]), "verbose")
     given = parser.parse_args(["--resume", "runs/x", "--quiet", "--resume-every", "0"])
     assert (given.verbose, given.resume_every) == (2, 0.0)
+    at_defaults = parser.parse_args(["--resume", "runs/x", "--no-quiet", "--resume-every", "60"])
+    assert (at_defaults.verbose, at_defaults.resume_every) == (1, 60.0)
