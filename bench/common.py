@@ -115,9 +115,11 @@ class MachineReport:
             print(f"[{label}] no other busy process")
 
 
-def parser(description):
-    """argparse with the flags every script shares."""
-    result = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(description, module):
+    """argparse with the flags every script shares; `module` names it in usage, as it is run with python -m."""
+    result = argparse.ArgumentParser(
+        prog=f"python -m {module}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     result.add_argument("--quick", action="store_true", help="a short smoke run (tiny sizes) to check the script works")
     result.add_argument(
         "--rounds",

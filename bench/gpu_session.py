@@ -62,7 +62,9 @@ QUICK_FLAGS = {
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_DATA), help="(default: %(default)s)")
     parser.add_argument(
         "--minutes", type=float, default=7.0, help="training time of each run, side by side (default: %(default)s)"

@@ -28,3 +28,16 @@ def test_help_prints_usage_without_loading_a_backend(script):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: "), result.stdout[:200]
     assert result.stdout.rstrip().endswith("loaded: []"), result.stdout[-300:]
+
+
+BENCHMARKS = ("augmentation", "gpu", "gpu_session", "inference", "loading", "sweep", "throughput")
+MODULES = (*(f"bench.{name}" for name in BENCHMARKS), *(f"fersuite.{name}" for name in ("data", "ship", "teachers")))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_help_of_a_module_names_the_command_that_runs_it(module):
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=PROJECT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m {module} "), result.stdout[:200]
