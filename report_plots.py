@@ -113,10 +113,10 @@ def main(argv=None):
     from fersuite import plots
 
     runs = [plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)]
-    plots.check_layer(runs, args.layer, args.figures)
+    cache = plots.RunCache()
+    plots.check_layer(runs, args.layer, args.figures, cache)
     plots.output_dir(args.out)
     options = plots.Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(plots.Options)})
-    cache = plots.SplitCache()
     for run in runs:
         print(f"{run.name}:")
         plots.report_run(run, args.out, args.figures, options, cache)

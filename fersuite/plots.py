@@ -439,14 +439,14 @@ def pick_conv_layer(model, name=None):
     return name
 
 
-def check_layer(runs, name, figures):
+def check_layer(runs, name, figures, cache):
     """Refuse a --layer that a run's model lacks before any figure is drawn, not halfway through."""
     if name is None or not set(CONV_FIGURES) & set(figures):
         return
     for run in runs:
         if run.model_path.is_file():
             try:
-                pick_conv_layer(evaluation.load_model(run.model_path), name)
+                pick_conv_layer(cache.model(run), name)
             except UserError as error:
                 raise UserError(f"{run.path}: {error}") from None
 
@@ -651,12 +651,18 @@ def data_path(run, data=None):
     return found
 
 
-class SplitCache:
-    """Parse each CSV once and recreate each (data, val_split, split seed) split once for all runs."""
+class RunCache:
+    """Parse each CSV once, recreate each (data, val_split, split seed) split once and load each model once."""
 
     def __init__(self):
         self.splits = {}
         self.digests = {}
+        self.models = {}
+
+    def model(self, run):
+        if run.path not in self.models:
+            self.models[run.path] = evaluation.load_model(run.model_path)
+        return self.models[run.path]
 
     def get(self, run, options, log=print):
         path = data_path(run, options.data)
@@ -691,7 +697,7 @@ MODEL_FIGURES = ("complexity", *PREDICTION_FIGURES, *CONV_FIGURES)
 def report_run(run, out_dir, figures, options=None, cache=None, log=print):
     """Every per-run figure and table asked for, into out_dir/<run name>/; returns the paths."""
     options = options or Options()
-    cache = cache or SplitCache()
+    cache = cache or RunCache()
     target = Path(out_dir) / run.name
     written = []
 
@@ -712,7 +718,7 @@ def report_run(run, out_dir, figures, options=None, cache=None, log=print):
     if not run.model_path.is_file():
         log(f"{run.name}: no best.keras yet, skipping {', '.join(wanted)}")
         return written
-    model = evaluation.load_model(run.model_path)
+    model = cache.model(run)
     if "complexity" in figures:
         table = complexity.with_total(complexity.layer_table(model))
         wrote(write_table(table, target / "complexity"))

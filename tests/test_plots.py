@@ -201,6 +201,16 @@ def test_the_confusion_matrix_alone_goes_into_a_new_folder(report, tmp_path):
     assert (tmp_path / "new" / "figures" / run_dir.name / "confusion_matrix.csv").is_file()
 
 
+def test_a_chosen_layer_loads_each_model_once(report, tmp_path, monkeypatch):
+    run_dir, _ = report
+    loaded, load = [], plots.evaluation.load_model
+    monkeypatch.setattr(plots.evaluation, "load_model", lambda path: (loaded.append(path), load(path))[1])
+    layer = plots.conv_layer_names(load(run_dir / "best.keras"))[0]
+    report_main([str(run_dir), "--figures", "filters", "--layer", layer, "--out", str(tmp_path), *FAST])
+    assert loaded == [run_dir / "best.keras"]
+    assert (tmp_path / run_dir.name / f"filters_{layer}.png").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -268,7 +278,7 @@ def test_a_relative_data_path_is_found_from_where_training_ran(tmp_path, monkeyp
 def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
     data = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(14))
     configs = {"same": {"data_digest": plots.file_digest(data)}, "other": {"data_digest": "0" * 16}, "unrecorded": {}}
-    cache, warnings = plots.SplitCache(), []
+    cache, warnings = plots.RunCache(), []
     for name, config in configs.items():
         cache.get(
             plots.Run(tmp_path / name, {"data": str(data), **config}, None, {}), plots.Options(), log=warnings.append
