@@ -143,7 +143,7 @@ def main():
 
     rows = evaluation.submission_rows(table)
     probabilities = evaluation.predict_probabilities(
-        models, table.pixels[rows], args.tta, args.batch_size, verbose=1, names=paths
+        models, table.pixels[rows], args.tta, args.batch_size, verbose=cli.progress(), names=paths
     )
     for name, score, images in evaluation.labeled_scores(table, probabilities):
         print(f"{name}: {score:.4f} on {images} images")

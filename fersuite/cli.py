@@ -29,6 +29,14 @@ def run(main):
         raise SystemExit(130) from None
 
 
+def progress(verbose=None):
+    """Keras's verbose for fit and predict: progress bars (1) on a terminal, one line per epoch (2) where the
+    output goes to a file or a pipe, since Keras redraws its bars there too, hundreds of times an epoch."""
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
 def quiet_backend_logs():
     """TensorFlow's start-up chatter hides the one line a user needs to read.
 
@@ -382,14 +390,13 @@ def training_parser(description, defaults):
         dest="verbose",
         action="store_const",
         const=2,
-        default=1,
-        help="one line per epoch instead of progress bars",
+        help="one line per epoch instead of progress bars (the default when the output is not a terminal)",
     )
     parser.add_argument(
         "--no-quiet",
         dest="verbose",
         action="store_const",
         const=1,
-        help="progress bars, the default; undoes --quiet when resuming a run that had it",
+        help="progress bars even into a file or pipe; undoes --quiet when resuming a run that had it",
     )
     return parser

@@ -101,7 +101,7 @@ def main(argv=None):
     cli.check_output(args.out, args.force)
     table = load_table(args.data)
     print(f"{len(args.models)} teacher file(s) on {len(table.pixels):,} faces and their mirrors")
-    mean = probabilities(args.models, table.pixels, verbose=1)
+    mean = probabilities(args.models, table.pixels, verbose=cli.progress())
     labeled = table.labels >= 0
     if labeled.any():
         print(

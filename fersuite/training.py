@@ -159,7 +159,7 @@ def training_targets(config, pixels, labels):
     if not config.get("teacher"):
         return targets
     print(f"soft targets from {', '.join(map(str, config['teacher']))} on {len(pixels):,} training images")
-    probabilities = teachers.probabilities(config["teacher"], pixels, verbose=config.get("verbose", 1))
+    probabilities = teachers.probabilities(config["teacher"], pixels, verbose=cli.progress(config.get("verbose")))
     softened = np.power(np.clip(probabilities, 1e-12, 1.0), 1.0 / config["teacher_temperature"])
     softened /= softened.sum(axis=1, keepdims=True)
     weight = config["teacher_weight"]
@@ -397,7 +397,7 @@ def train(family, config, build_network, resume=None):
                 initial_epoch=state["epochs_done"],
                 validation_data=(validation.pixels, one_hot(validation.labels)),
                 callbacks=[ctrl_c, *_callbacks(config, checkpoint, launched)],
-                verbose=config.get("verbose", 1),
+                verbose=cli.progress(config.get("verbose")),
             )
     except KeyboardInterrupt:
         interrupted = True

@@ -338,6 +338,15 @@ def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_pat
     assert code == 2 and f"{run_dir}: finished already" in err, err
 
 
+def test_progress_bars_only_on_a_terminal_unless_asked(monkeypatch):
+    parser = cli.training_parser("tiny", {"epochs": 1})
+    chosen = {flags: parser.parse_args(list(flags)).verbose for flags in ((), ("--quiet",), ("--no-quiet",))}
+    assert chosen == {(): None, ("--quiet",): 2, ("--no-quiet",): 1}
+    for terminal, expected in ((True, 1), (False, 2)):
+        monkeypatch.setattr(cli.sys.stdout, "isatty", lambda terminal=terminal: terminal, raising=False)
+        assert [cli.progress(verbose) for verbose in chosen.values()] == [expected, 2, 1]
+
+
 def test_a_resumed_run_keeps_its_own_output_settings_unless_given_again():
     parser = cli.training_parser("tiny", {"epochs": 1})
     assert not hasattr(parser.parse_args(["--resume", "runs/x"]), "verbose")
