@@ -596,6 +596,30 @@ def test_time_budget_counts_the_minutes_before_fit(tmp_path):
     assert 61 <= late.spent() < 62 and fresh.spent() < 1
 
 
+def test_a_resumed_time_budget_keeps_the_pace_of_the_epochs_before_it(tmp_path, monkeypatch):
+    """A run of 4 minutes stopped after 10 epochs (a 100 s first one that compiled, then 2 s each)
+    resumes 118 s into its budget with 61 epochs left at its pace, not half-way down its cosine; and
+    the resumed run's own first epoch, which compiles again, does not make it stop."""
+    now = [0.0]
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    history = [{"epoch": epoch + 1, "seconds": 100.0 if epoch == 0 else 2.0} for epoch in range(10)]
+    config = {"time_budget": 4.0, "schedule": "cosine", "lr": 1.0, "warmup_epochs": 0, "epochs": 1000}
+    budget = callbacks.TimeBudget(config, callbacks.RunCheckpoint(tmp_path, history), started=0.0)
+    rate = types.SimpleNamespace(value=None)
+    rate.assign = lambda value: setattr(rate, "value", value)
+    budget.set_model(types.SimpleNamespace(stop_training=False, optimizer=types.SimpleNamespace(learning_rate=rate)))
+    budget.on_train_begin()
+    budget.on_epoch_begin(10)
+    expected = callbacks.budget_learning_rate(1.0, 10, 0, 1000, progress=10 / (10 + 122 / 2))
+    assert rate.value == pytest.approx(expected) and rate.value > 0.9
+    now[0] = 50.0
+    budget.on_epoch_end(10)
+    assert not budget.model.stop_training
+    now[0] = 121.0
+    budget.on_epoch_end(11)
+    assert budget.model.stop_training
+
+
 def test_time_budget_ends_the_run_before_its_epochs(train_csv, tmp_path):
     runs = tmp_path / "runs"
     args = tiny_training_args("dnn", train_csv, runs, 20, "--time-budget", "0.005")
