@@ -190,7 +190,7 @@ def training_speed(pixels, labels, args):
 
 
 def main():
-    parser = common.parser(__doc__, __spec__.name)
+    parser = common.parser(__doc__, __spec__)
     parser.add_argument("--data", default=str(DEFAULT_TRAIN), help="labeled CSV (default: %(default)s)")
     parser.add_argument(
         "--images", type=positive_int, default=4096, help="images taken from --data (default: %(default)s)"

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from fersuite import backend
-from fersuite.cli import positive_int
+from fersuite.cli import module_prog, positive_int
 
 BATCH_SIZE = 128
 # Building many models in one process makes TensorFlow warn about retracing; that is expected here.
@@ -115,10 +115,10 @@ class MachineReport:
             print(f"[{label}] no other busy process")
 
 
-def parser(description, module):
-    """argparse with the flags every script shares; `module` names it in usage, as it is run with python -m."""
+def parser(description, spec):
+    """argparse with the flags every script shares; `spec`, the module's __spec__, names it in usage."""
     result = argparse.ArgumentParser(
-        prog=f"python -m {module}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=module_prog(spec), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     result.add_argument("--quick", action="store_true", help="a short smoke run (tiny sizes) to check the script works")
     result.add_argument(

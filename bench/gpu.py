@@ -28,7 +28,7 @@ import pandas as pd
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/gpu.py` as well as `python -m bench.gpu`
-from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path
+from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path, module_prog
 
 FAMILIES = ("cnn", "dnn", "mobilenet")
 # Dense fp16/bf16 tensor-core peak in TFLOP/s (NVIDIA data sheets, without sparsity).
@@ -140,7 +140,7 @@ def time_to(threshold, run_dirs):
 
 def main():
     parser = argparse.ArgumentParser(
-        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="(default: %(default)s)")

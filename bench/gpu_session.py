@@ -46,7 +46,7 @@ import pandas as pd
 
 from bench.gpu import FAMILIES, GpuSampler, gpu_name, minutes_to
 from fersuite.atomic import atomic_path, write_json
-from fersuite.cli import PROJECT, SAMPLE, absolute_path
+from fersuite.cli import PROJECT, SAMPLE, absolute_path, module_prog
 
 DEFAULT_DATA = PROJECT / "pack" / "train.npz.xz"
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "confusion_matrix.csv")
@@ -63,7 +63,7 @@ QUICK_FLAGS = {
 
 def parse_args():
     parser = argparse.ArgumentParser(
-        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_DATA), help="(default: %(default)s)")
     parser.add_argument(

@@ -80,7 +80,7 @@ def single_rate(predict, pixels, tta, calls):
 
 
 def main():
-    parser = common.parser(__doc__, __spec__.name)
+    parser = common.parser(__doc__, __spec__)
     parser.add_argument("--data", default=str(DEFAULT_TEST), help="faces to predict (default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: %(default)s)")
     parser.add_argument(

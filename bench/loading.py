@@ -61,7 +61,7 @@ def load_with_fresh_cache(path):
 
 
 def main():
-    parser = common.parser(__doc__, __spec__.name)
+    parser = common.parser(__doc__, __spec__)
     parser.add_argument("--data", default=str(DEFAULT_TRAIN), help="FER CSV, any compression (default: %(default)s)")
     args = parser.parse_args()
     if args.quick:

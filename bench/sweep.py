@@ -20,7 +20,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/sweep.py` as well as `python -m bench.sweep`
-from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path
+from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path, module_prog
 
 # (family, label, flags): five sizes per family, each about 4x the one before.
 SIZES = [
@@ -40,7 +40,7 @@ LABELS = [label for _, label, _ in SIZES]
 
 def parse_args():
     parser = argparse.ArgumentParser(
-        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=60, help="per size (default: %(default)s)")

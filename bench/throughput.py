@@ -40,7 +40,7 @@ def build(family, preprocessing, cnn_parameters):
 
 
 def main():
-    parser = common.parser(__doc__, __spec__.name)
+    parser = common.parser(__doc__, __spec__)
     parser.add_argument("--data", default=str(DEFAULT_TRAIN), help="labeled CSV (default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=common.BATCH_SIZE, help="(default: %(default)s)")

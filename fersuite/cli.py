@@ -29,6 +29,11 @@ def run(main):
         raise SystemExit(130) from None
 
 
+def module_prog(spec):
+    """argparse's prog for a module: `python -m bench.sweep` when run so, the file's name when run by path."""
+    return f"python -m {spec.name}" if spec else None
+
+
 def progress(verbose=None):
     """Keras's verbose for fit and predict: progress bars (1) on a terminal, one line per epoch (2) where the
     output goes to a file or a pipe, since Keras redraws its bars there too, hundreds of times an epoch."""

@@ -41,3 +41,12 @@ def test_help_of_a_module_names_the_command_that_runs_it(module):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {module} "), result.stdout[:200]
+
+
+@pytest.mark.parametrize("script", ["bench/sweep.py", "bench/gpu.py"])
+def test_help_of_a_benchmark_run_by_its_path(script):
+    result = subprocess.run(
+        [sys.executable, script, "--help"], cwd=PROJECT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {script.split('/')[-1]} "), result.stdout[:200]
