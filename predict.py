@@ -49,7 +49,7 @@ def parse_args():
         default="zoom",
         help="test-time augmentation, views averaged: flip = the face and its mirror; "
         "crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther "
-        "(6 views; +0.9 points over flip for the shipped ensemble on validation) (default: %(default)s)",
+        "(6 views; +0.6 points over flip for the shipped ensemble on validation) (default: %(default)s)",
     )
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     parser.add_argument(
@@ -64,7 +64,10 @@ def parse_args():
         help="with --validation: as given to train_*.py (default: %(default)s)",
     )
     parser.add_argument(
-        "--split-seed", type=int, default=0, help="with --validation: as given to train_*.py (default: %(default)s)"
+        "--split-seed",
+        type=cli.seed,
+        default=0,
+        help="with --validation: as given to train_*.py (default: %(default)s)",
     )
     args = parser.parse_args()
     if args.validation and not args.data:
@@ -77,6 +80,11 @@ def parse_args():
             f"{models[0]} is a model, not an image: give each model with its own --model "
             "(a glob such as runs/*/best.keras names several)"
         )
+    if args.validation and (args.out or args.force):
+        parser.error("--validation scores the held-out split and writes no submission; drop --out/--force")
+    split_flags = sorted({"val_split", "split_seed"} & parser.given())
+    if split_flags and not args.validation:
+        parser.error(f"--{split_flags[0].replace('_', '-')} applies only with --validation")
     if args.images and args.data:
         parser.error("give either --data or image files, not both")
     if args.images and args.out:
@@ -118,10 +126,13 @@ def score_validation(args, paths, models):
 def main():
     args = parse_args()
     from fersuite import EMOTIONS, data, evaluation
+    from fersuite.errors import UserError
 
     table = None
     if args.data and not args.validation:
         table = data.load_table(args.data)
+        if not len(table.ids[evaluation.submission_rows(table)]):
+            raise UserError(f"{args.data}: no PublicTest or PrivateTest rows to predict (every Usage is Training)")
         if args.out is None and table.layout == "unlabeled":
             args.out = SUBMISSION
         if args.out is not None:

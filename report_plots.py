@@ -7,7 +7,7 @@ Per run, FIG_DIR/<run name>/ gets history.png, confusion.png (+ confusion_matrix
 classification_report.csv/.md), saliency.png, filters_<layer>.png, activations_<layer>.png,
 embedding_pca.png (embedding_tsne.png with --tsne), complexity.png (+ complexity.csv/.md) and
 mistakes.png. FIG_DIR/ gets parameters_vs_accuracy.png, histories.png and runs.csv/.md.
-The validation split is recreated from each run's config.json (data, val_split, seed).
+The validation split is recreated from each run's config.json (data, val_split, split_seed).
 """
 
 import argparse
@@ -89,7 +89,10 @@ def parse_args(argv=None):
         help="gradient-ascent steps per filter image (default: %(default)s)",
     )
     samples.add_argument(
-        "--face", type=int, default=0, help="index in the split of the face for activation maps (default: %(default)s)"
+        "--face",
+        type=cli.non_negative_int,
+        default=0,
+        help="index in the split of the face for activation maps (default: %(default)s)",
     )
     samples.add_argument(
         "--mistakes", type=cli.positive_int, default=16, help="most confident mistakes to show (default: %(default)s)"
@@ -103,7 +106,7 @@ def parse_args(argv=None):
     samples.add_argument(
         "--tsne", action="store_true", help="also draw a t-SNE embedding (slow: keep --embedding-images small)"
     )
-    samples.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    samples.add_argument("--seed", type=cli.seed, default=0, help="(default: %(default)s)")
     samples.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -114,9 +117,9 @@ def main(argv=None):
 
     runs = [plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)]
     cache = plots.RunCache()
-    plots.check_layer(runs, args.layer, args.figures, cache)
-    plots.output_dir(args.out)
     options = plots.Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(plots.Options)})
+    plots.check_runs(runs, args.figures, options, cache)
+    plots.output_dir(args.out)
     for run in runs:
         print(f"{run.name}:")
         plots.report_run(run, args.out, args.figures, options, cache)

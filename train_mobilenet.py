@@ -86,6 +86,8 @@ def main():
     for name in other:
         if getattr(args, name) is not None:
             parser.error(f"--{name.replace('_', '-')} does not apply to --architecture {args.architecture}")
+    if args.stages is not None and len(args.stages) > 4:
+        parser.error(f"--stages: at most 4 stages, each halves the 48-pixel face (got {len(args.stages)})")
     if args.dropout is None:
         args.dropout = 0.1 if args.architecture == "residual" else 0.2
     if args.architecture == "hw8" and args.stem is not None:

@@ -247,12 +247,3 @@ def ratio(numerator, denominator):
     wall = median_rate(numerator) / median_rate(denominator)
     cpu = median_cpu_rate(numerator) / median_cpu_rate(denominator)
     return f"{wall:.2f} (per CPU-second {cpu:.2f})"
-
-
-def chosen_families(parser, text, known):
-    """The comma-separated --families, each checked against `known` (argparse error otherwise)."""
-    families = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = set(families) - set(known)
-    if unknown:
-        parser.error(f"unknown families: {', '.join(sorted(unknown))}")
-    return families

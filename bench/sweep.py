@@ -13,14 +13,23 @@ continues where it stopped: sizes whose run already finished are not trained aga
 
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/sweep.py` as well as `python -m bench.sweep`
-from fersuite.cli import DEFAULT_TRAIN, SAMPLE, absolute_path, module_prog
+from fersuite.cli import (
+    DEFAULT_TRAIN,
+    SAMPLE,
+    Parser,
+    absolute_path,
+    chosen_families,
+    module_prog,
+    positive_int,
+    run,
+    run_script,
+)
 
 # (family, label, flags): five sizes per family, each about 4x the one before.
 SIZES = [
@@ -39,11 +48,11 @@ LABELS = [label for _, label, _ in SIZES]
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=60, help="per size (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=60, help="per size (default: %(default)s)")
     parser.add_argument(
         "--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)"
     )
@@ -62,6 +71,7 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
+    args.families = chosen_families(parser, args.families, sorted({family for family, _, _ in SIZES}))
     args.sizes = set(args.sizes.split(",")) if args.sizes else set(LABELS)
     unknown = sorted(args.sizes - set(LABELS))
     if unknown:
@@ -94,10 +104,9 @@ def command(family, label, flags, args):
 
 def run_sizes(args):
     """Train each missing size; returns (label, run directory) of all sizes, in SIZES order."""
-    families = set(args.families.split(","))
     sizes = []
     for family, label, flags in SIZES:
-        if family not in families or label not in args.sizes:
+        if family not in args.families or label not in args.sizes:
             continue
         run_dir = finished_run(args.runs_dir, label)
         if run_dir is None:
@@ -105,7 +114,7 @@ def run_sizes(args):
             print(" ".join(line), flush=True)
             if args.dry_run:
                 continue
-            subprocess.run(line, check=True, cwd=PROJECT)
+            run_script(line)
             run_dir = finished_run(args.runs_dir, label)
         sizes.append((label, run_dir))
     return sizes
@@ -126,4 +135,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -5,6 +5,7 @@ import contextlib
 import importlib
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -133,6 +134,7 @@ non_negative = _checked(float, lambda value: value >= 0, "0 or more")
 positive_int = _checked(int, lambda value: value >= 1, "at least 1")
 fraction = _checked(float, lambda value: 0 <= value < 1, "in [0, 1)")
 open_fraction = _checked(float, lambda value: 0 < value < 1, "between 0 and 1 (exclusive)")
+seed = _checked(int, lambda value: 0 <= value < 2**32, "in 0..2**32-1, as NumPy's random seeds are")
 
 
 def int_list(text):
@@ -145,12 +147,40 @@ def int_list(text):
     return values
 
 
+def chosen_families(parser, text, known):
+    """The comma-separated --families, each checked against `known` (argparse error otherwise)."""
+    families = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(families) - set(known)
+    if unknown or not families:
+        parser.error(f"--families: unknown {', '.join(sorted(unknown)) or repr(text)}; choose from {', '.join(known)}")
+    return families
+
+
+def run_script(line, **options):
+    """Run a script as a child process (a benchmark's training run); if it fails, this process ends with one
+    line too, below the child's own error."""
+    status = subprocess.run(line, cwd=PROJECT, check=False, **options).returncode
+    if status:
+        raise UserError(f"{Path(line[1]).name} stopped with exit status {status}: {' '.join(map(str, line[2:]))}")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but its usage errors exit 2 with one line, like every other bad input."""
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def given(self, args=None):
+        """The settings typed on the command line, even at their default value: parsed again with no defaults."""
+        defaults = {action: action.default for action in self._actions}
+        try:
+            for action in self._actions:
+                action.default = argparse.SUPPRESS
+            return set(vars(argparse.ArgumentParser.parse_args(self, args)))
+        finally:
+            for action, default in defaults.items():
+                action.default = default
 
 
 # What a resumed run may be given again; every other setting comes from its config.json.
@@ -176,16 +206,6 @@ class TrainingParser(Parser):
                     delattr(parsed, name)
         return parsed
 
-    def given(self, args=None):
-        """The settings typed on the command line, even at their default value: parsed again with no defaults."""
-        defaults = {action: action.default for action in self._actions}
-        try:
-            for action in self._actions:
-                action.default = argparse.SUPPRESS
-            return set(vars(super().parse_args(args)))
-        finally:
-            for action, default in defaults.items():
-                action.default = default
 
 
 def training_parser(description, defaults):
@@ -205,7 +225,7 @@ def training_parser(description, defaults):
     )
     data.add_argument(
         "--split-seed",
-        type=int,
+        type=seed,
         default=0,
         help="which faces the label,feature layout holds out for validation; "
         "keep it the same across the models of an ensemble (default: %(default)s)",
@@ -306,7 +326,7 @@ def training_parser(description, defaults):
     )
     optimization.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=0,
         help="initial weights, augmentation and shuffling; "
         "models trained with different seeds make an ensemble (default: %(default)s)",

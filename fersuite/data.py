@@ -154,7 +154,19 @@ def _read_frame(path):
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text CSV file") from None
     frame.columns = [str(column).strip() for column in frame.columns]
-    return frame
+    return _without_trailing_field(path, frame)
+
+
+def _without_trailing_field(path, frame):
+    """pandas makes the first field the row index when every row has a field more than the header:
+    accepted when that last field is empty (a comma ending each row), refused when it holds data."""
+    if isinstance(frame.index, pd.RangeIndex):
+        return frame
+    if frame.index.nlevels > 1 or (frame.iloc[:, -1] != "").any():
+        raise UserError(
+            f"{path}: the rows have more fields than the header's {len(frame.columns)} ({','.join(frame.columns)})"
+        )
+    return pd.DataFrame(frame.reset_index().iloc[:, :-1].to_numpy(), columns=frame.columns)
 
 
 def _layout(path, columns):
@@ -267,6 +279,8 @@ def split_table(table, val_split=0.1, seed=0):
         }
     if not 0 < val_split < 1:
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--split-seed must be in 0..2**32-1, got {seed}")
     train_rows, validation_rows = _stratified_split(table.labels, val_split, seed)
     if len(train_rows) == 0 or len(validation_rows) == 0:
         raise UserError(f"--val-split {val_split} leaves an empty split of {len(table.labels)} rows")

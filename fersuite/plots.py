@@ -439,16 +439,27 @@ def pick_conv_layer(model, name=None):
     return name
 
 
-def check_layer(runs, name, figures, cache):
-    """Refuse a --layer that a run's model lacks before any figure is drawn, not halfway through."""
-    if name is None or not set(CONV_FIGURES) & set(figures):
-        return
+def check_runs(runs, figures, options, cache):
+    """Refuse a --layer, --split, --face or data file that a run cannot use before any figure is drawn,
+    not halfway through; the splits and models it loads stay in `cache` for the figures."""
+    conv = bool(set(CONV_FIGURES) & set(figures))
     for run in runs:
-        if run.model_path.is_file():
-            try:
-                pick_conv_layer(cache.model(run), name)
-            except UserError as error:
-                raise UserError(f"{run.path}: {error}") from None
+        if not run.model_path.is_file() or not set(MODEL_FIGURES) & set(figures):
+            continue
+        try:
+            layer = pick_conv_layer(cache.model(run), options.layer) if conv else None
+            activations = layer is not None and "activations" in figures
+            if activations or set(PREDICTION_FIGURES) & set(figures):
+                _, split = cache.get(run, options, log=lambda message: None)
+                if activations:
+                    check_face(split, options)
+        except UserError as error:
+            raise UserError(f"{run.path}: {error}") from None
+
+
+def check_face(split, options):
+    if not 0 <= options.face < len(split):
+        raise UserError(f"--face {options.face} is outside the {options.split} split's 0..{len(split) - 1}")
 
 
 def predict(model, pixels, with_features=False, batch_size=256):
@@ -789,8 +800,7 @@ def _filters_figure(model, run, layer, options, target):
 
 
 def _activations_figure(model, run, layer, split, options, target):
-    if not 0 <= options.face < len(split):
-        raise UserError(f"--face {options.face} is outside the {options.split} split's 0..{len(split) - 1}")
+    check_face(split, options)
     face = split.pixels[options.face]
     maps = layer_activations(model, layer, face)[..., : options.filters]
     title = (

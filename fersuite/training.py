@@ -70,6 +70,9 @@ def check_config(config):
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {config['val_split']}")
     if not 0 <= config["label_smoothing"] < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
+    for key in ("seed", "split_seed"):
+        if not 0 <= config.get(key, 0) < 2**32:
+            raise UserError(f"--{key.replace('_', '-')} must be in 0..2**32-1, got {config[key]}")
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
     if config["data"] == str(cli.DEFAULT_TRAIN) and not cli.DEFAULT_TRAIN.exists():

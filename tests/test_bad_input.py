@@ -140,6 +140,18 @@ DATA_CASES = [
     ("truncated-xz", lambda d: truncated(lzma.open, good_test(), d, "t.csv.xz"), "truncated or corrupt"),
     ("binary-garbage", lambda d: (d / "g.csv").write_bytes(bytes(range(256)) * 40) and d / "g.csv", "g.csv"),
     (
+        "extra-field-in-every-row",
+        lambda d: text_file(d, "c.csv", good_test().replace("\n", ",9\n").replace("feature,9", "feature", 1)),
+        "the rows have more fields than the header's 2 (id,feature)",
+    ),
+    (
+        "fer2013-training-rows-only",
+        lambda d: text_file(
+            d, "c.csv", header_rows("emotion,pixels,Usage", [r + ",Training" for r in labeled_rows(2)])
+        ),
+        "no PublicTest or PrivateTest rows to predict",
+    ),
+    (
         "bad-usage",
         lambda d: text_file(
             d, "c.csv", header_rows("emotion,pixels,Usage", [r + ",Validation" for r in labeled_rows(2)])
@@ -273,6 +285,12 @@ FLAG_CASES = [
     ("train_dnn", ["--params", "10"], "--params 10: the closest 3-layer DNN has 2,335 parameters"),
     ("train_mobilenet", ["--dense", "32"], "--dense does not apply to --architecture residual"),
     ("train_mobilenet", ["--architecture", "hw8", "--stages", "8,16"], "--stages does not apply to --architecture hw8"),
+    ("train_mobilenet", ["--stages", "8,8,8,8,8"], "--stages: at most 4 stages"),
+    ("train_dnn", ["--seed", "-1"], "argument --seed: must be in 0..2**32-1"),
+    ("train_cnn", ["--split-seed", str(2**32)], "argument --split-seed: must be in 0..2**32-1"),
+    ("predict", ["--validation", "--data", "x.csv", "--out", "s.csv"], "writes no submission; drop --out/--force"),
+    ("predict", ["--data", "x.csv", "--split-seed", "0"], "--split-seed applies only with --validation"),
+    ("predict", ["--data", "x.csv", "--val-split", "0.2"], "--val-split applies only with --validation"),
 ]
 
 

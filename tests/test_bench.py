@@ -28,6 +28,16 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     assert unknown.returncode == 2 and "error: unknown size cnn-9;" in unknown.stderr
 
 
+def test_a_family_typo_or_a_failed_training_run_ends_a_benchmark_with_one_error_line(tmp_path):
+    for script in ("bench/sweep.py", "bench/gpu.py"):
+        typo = run_script(script, "--families", "cnn,mobilenets")
+        assert typo.returncode == 2 and typo.stderr.startswith("error: --families: unknown mobilenets;"), typo.stderr
+    failed = run_script("bench/sweep.py", "--sizes", "mobilenet-5k", "--data", tmp_path / "none.csv", cwd=tmp_path)
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    assert "none.csv: no such file" in errors[0] and errors[1].startswith("error: train_mobilenet.py stopped with exit")
+
+
 def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_path):
     import json
     import tarfile

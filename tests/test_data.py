@@ -49,6 +49,8 @@ def test_validation_split_is_stratified_and_seeded(tmp_path):
     np.testing.assert_array_equal(first["validation"].ids, again["validation"].ids)
     assert not np.array_equal(first["validation"].ids, other["validation"].ids)
     assert not set(first["train"].ids) & set(first["validation"].ids)
+    with pytest.raises(UserError, match=r"--split-seed must be in 0\.\.2\*\*32-1, got -1"):
+        data.load_splits(path, val_split=0.1, seed=-1)
 
 
 def test_cache_is_keyed_by_content(tmp_path, monkeypatch):
@@ -81,6 +83,9 @@ def _odd_file(tmp_path, text, encoding="utf-8"):
         pytest.param(lambda text: text.rstrip("\n"), id="no-trailing-newline"),
         pytest.param(lambda text: text.replace(" ", "  ").replace(",", " , "), id="extra-whitespace"),
         pytest.param(lambda text: text.replace("label,feature", " label , feature "), id="spaced-header"),
+        pytest.param(
+            lambda text: text.replace("\n", ",\n").replace("feature,\n", "feature\n", 1), id="comma-ending-each-row"
+        ),
     ],
 )
 def test_unusual_but_valid_files_are_accepted(tmp_path, transform):

@@ -219,6 +219,10 @@ def test_a_chosen_layer_loads_each_model_once(report, tmp_path, monkeypatch):
         (["{run}", "--figures", "history,colour"], "unknown figure 'colour'"),
         (["{run}", "--figures", "filters", "--layer", "nope"], "{run}: model 'cnn' has no layer 'nope'"),
         (["{run}", "--figures", "history", "--out", "{file}"], "cannot create the figures directory"),
+        (["{run}", "--figures", "history,confusion", "--split", "test"], "{run}: {data}: has no 'test' split"),
+        (["{run}", "--figures", "history,activations", "--face", "21"], "{run}: --face 21 is outside"),
+        (["{run}", "--figures", "history,mistakes", "--data", "{missing}"], "missing: no such file"),
+        (["{run}", "--face", "-1"], "argument --face: must be 0 or more"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, message):
@@ -229,7 +233,7 @@ def test_bad_input_is_one_error_line_and_exit_2(report, tmp_path, capsys, argv, 
         cli.run(lambda: report_main(["--out", str(tmp_path / "figures"), *argv]))
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
-    message = message.format(run=run_dir)
+    message = message.format(run=run_dir, data=run_dir.parent.parent / "train.csv")
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
     assert not (tmp_path / "figures").exists()  # refused before any figure
 
