@@ -4,6 +4,7 @@ Layouts, told apart by the header:
   fer2013.csv       emotion,pixels,Usage   Training/PublicTest/PrivateTest -> train/validation/test
   homework train    label,feature          seeded stratified train/validation split
   homework test     id,feature             unlabeled; ids go into the submission
+Faces that are not histogram-equalized (a raw fer2013.csv, photos) are equalized as they are read.
 """
 
 import gzip
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fersuite import EMOTIONS, IMAGE_SIZE
+from fersuite import EMOTIONS, IMAGE_SIZE, contrast
 from fersuite.atomic import atomic_path
 from fersuite.errors import UserError
 
@@ -30,7 +31,7 @@ LAYOUTS = {
     ("label", "feature"): "labeled",
     ("id", "feature"): "unlabeled",
 }
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 @dataclass
@@ -243,7 +244,7 @@ def parse_csv(path):
     if frame.empty:
         raise UserError(f"{path}: header only, no data rows")
     pixel_column = "pixels" if "pixels" in frame else "feature"
-    pixels = parse_pixels(path, pixel_column, frame[pixel_column])
+    pixels = contrast.as_trained(parse_pixels(path, pixel_column, frame[pixel_column]))
     label_column = "emotion" if "emotion" in frame else "label"
     if label_column in frame:
         labels = parse_labels(path, label_column, frame[label_column])
@@ -329,7 +330,8 @@ def load_splits(path, val_split=0.1, seed=0):
 
 
 def load_images(paths):
-    """Image files of any size or colour as grayscale 48x48 uint8, the model's input."""
+    """Image files of any size or colour as grayscale 48x48 uint8, the model's input; each photo is
+    histogram-equalized unless it already is (fersuite.contrast)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     faces = []
@@ -342,7 +344,7 @@ def load_images(paths):
                     .convert("L")
                     .resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
                 )
-                faces.append(np.asarray(face, dtype=np.uint8))
+                faces.append(contrast.as_trained(np.asarray(face, dtype=np.uint8)[None])[0])
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
     return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))

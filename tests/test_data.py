@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import fer2013_rows, labeled_rows, unlabeled_rows, write_csv
 
-from fersuite import data
+from fersuite import contrast, data
 from fersuite.errors import UserError
 
 
@@ -148,3 +148,32 @@ def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
         "validation": 2,
         "test": 3,
     }
+
+
+def test_equalize_is_opencvs_formula_per_face():
+    face = np.repeat(np.array([10, 20, 30], np.uint8), [1152, 768, 384]).reshape(1, 48, 48, 1)
+    constant = np.full((1, 48, 48, 1), 7, np.uint8)
+    equalized = contrast.equalize(np.concatenate([face, constant]))
+    assert dict(zip(*np.unique(equalized[0], return_counts=True))) == {0: 1152, 170: 768, 255: 384}
+    np.testing.assert_array_equal(equalized[1], constant[0])
+
+
+def test_raw_faces_are_equalized_as_they_are_read_and_the_equalized_copy_is_not(tmp_path):
+    """A raw fer2013.csv or photo has narrow, uneven histograms; the team's copy (like uniform noise) flat ones."""
+    rng = np.random.default_rng(0)
+    flat = rng.integers(0, 256, (14, 48, 48, 1)).astype(np.uint8)
+    raw = (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
+    assert contrast.is_equalized(flat) and not contrast.is_equalized(raw)
+    rows = [f"{index % 7},{' '.join(map(str, face.ravel()))}" for index, face in enumerate(raw)]
+    table = data.load_table(write_csv(tmp_path / "raw.csv", "label,feature", rows), use_cache=False)
+    np.testing.assert_array_equal(table.pixels, contrast.equalize(raw))
+    assert table.pixels.min() == 0 and table.pixels.max() == 255
+
+
+def test_a_dim_photo_is_equalized(tmp_path):
+    from PIL import Image
+
+    dim = np.tile(np.linspace(90, 140, 48).astype(np.uint8), (48, 1))
+    Image.fromarray(dim).save(tmp_path / "dim.png")
+    face = data.load_images([tmp_path / "dim.png"]).pixels[0, ..., 0]
+    assert face.min() == 0 and face.max() == 255
