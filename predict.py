@@ -34,7 +34,11 @@ def parse_args():
     from fersuite.evaluation import TTA_CHOICES
 
     parser = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="*", help="image files (PNG/JPG, any size or colour) to classify")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        help="image files of cropped faces (PNG/JPG, any size or colour; resized to 48x48 and equalized) to classify",
+    )
     parser.add_argument(
         "--model",
         action="append",
