@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from fersuite import backend
-from fersuite.cli import module_prog, positive_int
+from fersuite.cli import Parser, module_prog, positive_int
 
 BATCH_SIZE = 128
 # Building many models in one process makes TensorFlow warn about retracing; that is expected here.
@@ -117,7 +117,7 @@ class MachineReport:
 
 def parser(description, spec):
     """argparse with the flags every script shares; `spec`, the module's __spec__, names it in usage."""
-    result = argparse.ArgumentParser(
+    result = Parser(
         prog=module_prog(spec), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     result.add_argument("--quick", action="store_true", help="a short smoke run (tiny sizes) to check the script works")

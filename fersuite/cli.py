@@ -147,13 +147,14 @@ def int_list(text):
     return values
 
 
-def chosen_families(parser, text, known):
-    """The comma-separated --families, each checked against `known` (argparse error otherwise)."""
-    families = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = set(families) - set(known)
-    if unknown or not families:
-        parser.error(f"--families: unknown {', '.join(sorted(unknown)) or repr(text)}; choose from {', '.join(known)}")
-    return families
+def chosen_families(parser, text, known, flag="--families"):
+    """The comma-separated names of a flag such as --families, each checked against `known` (argparse error
+    otherwise)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(names) - set(known)
+    if unknown or not names:
+        parser.error(f"{flag}: unknown {', '.join(sorted(unknown)) or repr(text)}; choose from {', '.join(known)}")
+    return names
 
 
 def run_script(line, **options):

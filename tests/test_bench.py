@@ -109,3 +109,18 @@ def test_step_timer_times_the_batches_after_the_warm_up():
     faces, targets = np.ones((20, 4), "float32"), one_hot(np.arange(20) % 7)
     rate = common.fit_rate(model, faces, targets, warmup=2, steps=3, batch_size=4)
     assert rate.images == 3 * 4 and rate.wall > 0
+
+
+def test_quick_contrast_scores_the_copy_and_a_raw_stand_in_as_the_suite_reads_it():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.contrast", "--quick"], cwd=PROJECT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    flatness_line = next(line for line in lines if line.startswith("median flatness"))
+    pairs = [part.rsplit(" ", 1) for part in flatness_line.split(": ")[1].split("; ")]
+    flatness = {name: float(value) for name, value in pairs}
+    assert flatness["copy"] < 10 < flatness["raw stand-in"] and flatness["raw, as read"] < 10
+    scores = {line[:15].strip(): float(line.split()[-1]) for line in lines if line.startswith("  ")}
+    assert list(scores) == ["copy", "copy again", "raw stand-in", "raw, as read"]
+    assert all(0 <= score <= 1 for score in scores.values())

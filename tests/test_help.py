@@ -30,7 +30,7 @@ def test_help_prints_usage_without_loading_a_backend(script):
     assert result.stdout.rstrip().endswith("loaded: []"), result.stdout[-300:]
 
 
-BENCHMARKS = ("augmentation", "gpu", "gpu_session", "inference", "loading", "sweep", "throughput")
+BENCHMARKS = ("augmentation", "contrast", "gpu", "gpu_session", "inference", "loading", "sweep", "throughput")
 MODULES = (*(f"bench.{name}" for name in BENCHMARKS), *(f"fersuite.{name}" for name in ("data", "ship", "teachers")))
 
 
