@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import common
 from fersuite import contrast, evaluation
-from fersuite.cli import DEFAULT_TRAIN, PROJECT, SAMPLE, chosen_families
+from fersuite.cli import DEFAULT_TRAIN, PROJECT, SAMPLE, chosen_families, run
 from fersuite.data import load_splits
 from fersuite.evaluation import TTA_CHOICES
 
@@ -68,4 +68,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

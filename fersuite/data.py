@@ -101,6 +101,7 @@ def pack_table(table, path):
         ids=table.ids,
         usage=table.usage,
         layout=np.array(table.layout),
+        equalized=np.array(True),
     )
     payload = buffer.getvalue()
     if str(path).endswith(".xz"):
@@ -114,6 +115,8 @@ def _load_packed(path):
         opener = lzma.open if str(path).endswith(".xz") else open
         with opener(path, "rb") as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as arrays:
             fields = {name: arrays[name] for name in arrays.files}
+        if not fields.pop("equalized", False):  # packed before faces were equalized as read, or elsewhere
+            fields["pixels"] = contrast.as_trained(fields["pixels"])
         return Table(**{**fields, "layout": str(fields["layout"])})
     except (OSError, EOFError, lzma.LZMAError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a packed FER table, or truncated ({type(error).__name__})") from None
@@ -330,8 +333,8 @@ def load_splits(path, val_split=0.1, seed=0):
 
 
 def load_images(paths):
-    """Image files of any size or colour as grayscale 48x48 uint8, the model's input; each photo is
-    histogram-equalized unless it already is (fersuite.contrast)."""
+    """Image files of any size or colour as grayscale 48x48 uint8, the model's input; histogram-equalized
+    unless they already are, judged together as a file's faces are (fersuite.contrast)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     faces = []
@@ -344,10 +347,10 @@ def load_images(paths):
                     .convert("L")
                     .resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
                 )
-                faces.append(contrast.as_trained(np.asarray(face, dtype=np.uint8)[None])[0])
+                faces.append(np.asarray(face, dtype=np.uint8))
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
-    return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))
+    return Split(contrast.as_trained(np.stack(faces)[..., None]), None, np.array([str(path) for path in paths]))
 
 
 def main(argv=None):

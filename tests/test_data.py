@@ -1,8 +1,9 @@
 """Parsing both CSV layouts, compressed files, splits, the cache, and accepted oddities."""
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import fer2013_rows, labeled_rows, unlabeled_rows, write_csv
+from conftest import PROJECT, fer2013_rows, labeled_rows, unlabeled_rows, write_csv
 
 from fersuite import contrast, data
 from fersuite.errors import UserError
@@ -151,11 +152,26 @@ def test_packed_table_round_trips_and_trains_like_the_csv(tmp_path):
 
 
 def test_equalize_is_opencvs_formula_per_face():
-    face = np.repeat(np.array([10, 20, 30], np.uint8), [1152, 768, 384]).reshape(1, 48, 48, 1)
+    """Level v -> round(255 (cdf(v) - cdf(darkest)) / (pixels - cdf(darkest))): 1000 * 255 / 1304 = 195.55 -> 196."""
+    face = np.repeat(np.array([10, 20, 30], np.uint8), [1000, 1000, 304]).reshape(1, 48, 48, 1)
     constant = np.full((1, 48, 48, 1), 7, np.uint8)
     equalized = contrast.equalize(np.concatenate([face, constant]))
-    assert dict(zip(*np.unique(equalized[0], return_counts=True))) == {0: 1152, 170: 768, 255: 384}
+    assert dict(zip(*np.unique(equalized[0], return_counts=True))) == {0: 1000, 196: 1000, 255: 304}
     np.testing.assert_array_equal(equalized[1], constant[0])
+
+
+def test_equalize_treats_each_face_alone_across_chunks():
+    faces = np.random.default_rng(1).integers(60, 120, (contrast.CHUNK + 3, 48, 48, 1)).astype(np.uint8)
+    together = contrast.equalize(faces)
+    for index in (0, contrast.CHUNK - 1, contrast.CHUNK, contrast.CHUNK + 2):
+        np.testing.assert_array_equal(together[index], contrast.equalize(faces[index : index + 1])[0])
+
+
+def test_the_teams_equalized_faces_are_read_as_they_are():
+    path = PROJECT / "data" / "fer2013_sample.csv.xz"
+    written = pd.read_csv(path)["pixels"].str.split().tolist()
+    table = data.load_table(path, use_cache=False)
+    np.testing.assert_array_equal(table.pixels.reshape(len(written), -1), np.array(written, dtype=np.uint8))
 
 
 def test_raw_faces_are_equalized_as_they_are_read_and_the_equalized_copy_is_not(tmp_path):
@@ -168,6 +184,9 @@ def test_raw_faces_are_equalized_as_they_are_read_and_the_equalized_copy_is_not(
     table = data.load_table(write_csv(tmp_path / "raw.csv", "label,feature", rows), use_cache=False)
     np.testing.assert_array_equal(table.pixels, contrast.equalize(raw))
     assert table.pixels.min() == 0 and table.pixels.max() == 255
+    packed_elsewhere = tmp_path / "raw.npz"
+    np.savez(packed_elsewhere, pixels=raw, labels=table.labels, ids=table.ids, usage=table.usage, layout="labeled")
+    np.testing.assert_array_equal(data.load_table(packed_elsewhere).pixels, table.pixels)
 
 
 def test_a_dim_photo_is_equalized(tmp_path):
