@@ -28,17 +28,7 @@ import pandas as pd
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/gpu.py` as well as `python -m bench.gpu`
-from fersuite.cli import (
-    DEFAULT_TRAIN,
-    SAMPLE,
-    Parser,
-    absolute_path,
-    chosen_families,
-    module_prog,
-    positive_int,
-    run,
-    run_script,
-)
+from fersuite import cli
 
 FAMILIES = ("cnn", "dnn", "mobilenet")
 # Dense fp16/bf16 tensor-core peak in TFLOP/s (NVIDIA data sheets, without sparsity).
@@ -111,7 +101,7 @@ def measure(family, precision, args, runs_dir):
         "--mixed-precision", precision, "--runs-dir", str(runs_dir), "--quiet",
     ]
     with GpuSampler() as sampler:
-        run_script(line, stdout=subprocess.DEVNULL)
+        cli.run_script(line, stdout=subprocess.DEVNULL)
     run_dir = next(Path(runs_dir).iterdir())
     history = pd.read_csv(run_dir / "history.csv")
     config = json.loads((run_dir / "config.json").read_text())
@@ -149,13 +139,13 @@ def time_to(threshold, run_dirs):
 
 
 def main():
-    parser = Parser(
-        prog=module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = cli.Parser(
+        prog=cli.module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
+    parser.add_argument("--data", type=cli.absolute_path, default=str(cli.DEFAULT_TRAIN), help="(default: %(default)s)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="(default: %(default)s)")
     parser.add_argument(
-        "--epochs", type=positive_int, default=2, help="per measure; the last one is timed (default: %(default)s)"
+        "--epochs", type=cli.positive_int, default=2, help="per measure; the last one is timed (default: %(default)s)"
     )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the chip's dense fp16 peak (default: from the GPU's name)"
@@ -166,14 +156,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the bundled sample, 2 epochs, to try the script")
     parser.add_argument("run_dirs", nargs="*", help="finished runs, with --time-to")
     args = parser.parse_args()
-    families = chosen_families(parser, args.families, FAMILIES)
+    families = cli.chosen_families(parser, args.families, FAMILIES)
     if args.time_to is not None:
         if not args.run_dirs:
             parser.error("--time-to needs at least one RUN_DIR")
         time_to(args.time_to, args.run_dirs)
         return
     if args.quick:
-        args.data = str(SAMPLE)
+        args.data = str(cli.SAMPLE)
     name = gpu_name()
     peak = args.peak_tflops or peak_for(name)
     print(f"GPU: {name or 'none found'}; peak {peak or '?'} TFLOP/s dense fp16; data {args.data}", flush=True)
@@ -194,4 +184,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -19,17 +19,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/sweep.py` as well as `python -m bench.sweep`
-from fersuite.cli import (
-    DEFAULT_TRAIN,
-    SAMPLE,
-    Parser,
-    absolute_path,
-    chosen_families,
-    module_prog,
-    positive_int,
-    run,
-    run_script,
-)
+from fersuite import cli
 
 # (family, label, flags): five sizes per family, each about 4x the one before.
 SIZES = [
@@ -48,17 +38,17 @@ LABELS = [label for _, label, _ in SIZES]
 
 
 def parse_args():
-    parser = Parser(
-        prog=module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = cli.Parser(
+        prog=cli.module_prog(__spec__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=absolute_path, default=str(DEFAULT_TRAIN), help="(default: %(default)s)")
-    parser.add_argument("--epochs", type=positive_int, default=60, help="per size (default: %(default)s)")
+    parser.add_argument("--data", type=cli.absolute_path, default=str(cli.DEFAULT_TRAIN), help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=cli.positive_int, default=60, help="per size (default: %(default)s)")
     parser.add_argument(
-        "--runs-dir", type=absolute_path, default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)"
+        "--runs-dir", type=cli.absolute_path, default=str(PROJECT / "runs" / "sweep"), help="(default: %(default)s)"
     )
     parser.add_argument(
         "--out",
-        type=absolute_path,
+        type=cli.absolute_path,
         default=str(PROJECT / "bench" / "sweep"),
         help="folder for runs.csv/.md and the figures (default: %(default)s)",
     )
@@ -71,7 +61,7 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
-    args.families = chosen_families(parser, args.families, sorted({family for family, _, _ in SIZES}))
+    args.families = cli.chosen_families(parser, args.families, sorted({family for family, _, _ in SIZES}))
     args.sizes = set(args.sizes.split(",")) if args.sizes else set(LABELS)
     unknown = sorted(args.sizes - set(LABELS))
     if unknown:
@@ -114,7 +104,7 @@ def run_sizes(args):
             print(" ".join(line), flush=True)
             if args.dry_run:
                 continue
-            run_script(line)
+            cli.run_script(line)
             run_dir = finished_run(args.runs_dir, label)
         sizes.append((label, run_dir))
     return sizes
@@ -123,7 +113,7 @@ def run_sizes(args):
 def main():
     args = parse_args()
     if args.quick:
-        args.data, args.epochs = str(SAMPLE), 1
+        args.data, args.epochs = str(cli.SAMPLE), 1
     sizes = run_sizes(args)
     if args.dry_run or not sizes:
         return
@@ -135,4 +125,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)
