@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import common
 from fersuite import contrast, evaluation
-from fersuite.cli import DEFAULT_TRAIN, PROJECT, SAMPLE, chosen_families, run
+from fersuite.cli import DEFAULT_TRAIN, PROJECT, SAMPLE, chosen_names, run
 from fersuite.data import load_splits
 from fersuite.evaluation import TTA_CHOICES
 
@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--models", default=",".join(SHIPPED), help="shipped models to average (default: %(default)s)")
     parser.add_argument("--tta", choices=TTA_CHOICES, default="zoom", help="(default: %(default)s)")
     args = parser.parse_args()
-    names = chosen_families(parser, args.models, SHIPPED, "--models")
+    names = chosen_names(parser, args.models, SHIPPED, "--models")
     if args.quick:
         args.data, names = str(SAMPLE), ["mobilenet"]
 

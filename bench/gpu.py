@@ -156,7 +156,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the bundled sample, 2 epochs, to try the script")
     parser.add_argument("run_dirs", nargs="*", help="finished runs, with --time-to")
     args = parser.parse_args()
-    families = cli.chosen_families(parser, args.families, FAMILIES)
+    families = cli.chosen_names(parser, args.families, FAMILIES)
     if args.time_to is not None:
         if not args.run_dirs:
             parser.error("--time-to needs at least one RUN_DIR")

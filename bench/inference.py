@@ -28,7 +28,7 @@ import numpy as np
 
 from bench import common
 from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES
-from fersuite.cli import DEFAULT_TEST, chosen_families, positive_int
+from fersuite.cli import DEFAULT_TEST, chosen_names, positive_int
 from fersuite.data import load_table
 from fersuite.evaluation import load_model, predict_probabilities, tta_views
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
@@ -96,7 +96,7 @@ def main():
         help="calls for each single-image figure (default: %(default)s)",
     )
     args = parser.parse_args()
-    families = chosen_families(parser, args.families, FAMILIES)
+    families = chosen_names(parser, args.families, FAMILIES)
     if args.quick:
         args.images, args.single_calls, args.rounds = 512, 5, 2
 

@@ -61,7 +61,7 @@ def parse_args():
     parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
-    args.families = cli.chosen_families(parser, args.families, sorted({family for family, _, _ in SIZES}))
+    args.families = cli.chosen_names(parser, args.families, sorted({family for family, _, _ in SIZES}))
     args.sizes = set(args.sizes.split(",")) if args.sizes else set(LABELS)
     unknown = sorted(args.sizes - set(LABELS))
     if unknown:

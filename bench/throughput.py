@@ -20,7 +20,7 @@ augmented / not augmented per family, and suite / reference for the CNN.
 
 from bench import common
 from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES
-from fersuite.cli import DEFAULT_TRAIN, chosen_families, positive_int
+from fersuite.cli import DEFAULT_TRAIN, chosen_names, positive_int
 from fersuite.data import load_table
 from fersuite.models import BUILDERS, build_cnn, dnn_units_for_budget, preprocessing_layers
 from fersuite.training import one_hot
@@ -51,7 +51,7 @@ def main():
         "--steps", type=positive_int, default=4, help="timed batches, each round (default: %(default)s)"
     )
     args = parser.parse_args()
-    families = chosen_families(parser, args.families, FAMILIES)
+    families = chosen_names(parser, args.families, FAMILIES)
     if args.quick:
         args.warmup, args.steps, args.rounds = 1, 2, 2
 

@@ -147,9 +147,8 @@ def int_list(text):
     return values
 
 
-def chosen_families(parser, text, known, flag="--families"):
-    """The comma-separated names of a flag such as --families, each checked against `known` (argparse error
-    otherwise)."""
+def chosen_names(parser, text, known, flag="--families"):
+    """The comma-separated names given to a flag such as --families, each checked against `known`."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = set(names) - set(known)
     if unknown or not names:
