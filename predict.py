@@ -37,7 +37,8 @@ def parse_args():
     parser.add_argument(
         "images",
         nargs="*",
-        help="image files of cropped faces (PNG/JPG, any size or colour; resized to 48x48 and equalized) to classify",
+        help="image files of cropped faces (PNG/JPG, any size or colour; resized to 48x48 and, "
+        "unless --equalize never, histogram-equalized) to classify",
     )
     parser.add_argument(
         "--model",
@@ -55,6 +56,7 @@ def parse_args():
         "crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther "
         "(6 views; +0.6 points over flip for the shipped ensemble on validation) (default: %(default)s)",
     )
+    cli.add_equalize(parser)
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     parser.add_argument(
         "--validation",
@@ -69,7 +71,7 @@ def parse_args():
     )
     parser.add_argument(
         "--split-seed",
-        type=cli.seed,
+        type=cli.numpy_seed,
         default=0,
         help="with --validation: as given to train_*.py (default: %(default)s)",
     )
@@ -116,7 +118,7 @@ def score_validation(args, paths, models):
     from fersuite import data, evaluation
     from fersuite.errors import UserError
 
-    validation = data.load_splits(args.data, args.val_split, args.split_seed).get("validation")
+    validation = data.load_splits(args.data, args.val_split, args.split_seed, args.equalize).get("validation")
     if validation is None:
         raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
@@ -134,7 +136,7 @@ def main():
 
     table = None
     if args.data and not args.validation:
-        table = data.load_table(args.data)
+        table = data.load_table(args.data, equalize=args.equalize)
         if not len(table.ids[evaluation.submission_rows(table)]):
             raise UserError(f"{args.data}: no PublicTest or PrivateTest rows to predict (every Usage is Training)")
         if args.out is None and table.layout == "unlabeled":
@@ -149,7 +151,7 @@ def main():
         return
 
     if args.images:
-        faces = data.load_images(args.images)
+        faces = data.load_images(args.images, args.equalize)
         probabilities = evaluation.predict_probabilities(models, faces.pixels, args.tta, args.batch_size)
         print("file,emotion,confidence")
         for name, row in zip(faces.ids, probabilities):

@@ -19,6 +19,7 @@ from bench import common
 from fersuite import contrast, evaluation
 from fersuite.cli import DEFAULT_TRAIN, PROJECT, SAMPLE, chosen_names, run
 from fersuite.data import load_splits
+from fersuite.errors import UserError
 from fersuite.evaluation import TTA_CHOICES
 
 SHIPPED = ("cnn", "cnn_dropout", "mobilenet", "dnn")
@@ -42,9 +43,13 @@ def main():
     args = parser.parse_args()
     names = chosen_names(parser, args.models, SHIPPED, "--models")
     if args.quick:
+        if {"data", "models"} & parser.given():
+            parser.error("--quick scores the bundled sample with the MobileNet; drop --data/--models")
         args.data, names = str(SAMPLE), ["mobilenet"]
 
-    validation = load_splits(args.data, 0.1, 0)["validation"]
+    validation = load_splits(args.data, 0.1, 0).get("validation")
+    if validation is None:
+        raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
     raw = raw_standin(validation.pixels)
     variants = {
         "copy": validation.pixels,

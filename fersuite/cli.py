@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fersuite import AUGMENTATION
+from fersuite import AUGMENTATION, contrast
 from fersuite.errors import UserError
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,21 @@ non_negative = _checked(float, lambda value: value >= 0, "0 or more")
 positive_int = _checked(int, lambda value: value >= 1, "at least 1")
 fraction = _checked(float, lambda value: 0 <= value < 1, "in [0, 1)")
 open_fraction = _checked(float, lambda value: 0 < value < 1, "between 0 and 1 (exclusive)")
-seed = _checked(int, lambda value: 0 <= value < 2**32, "in 0..2**32-1, as NumPy's random seeds are")
+numpy_seed = _checked(int, lambda value: 0 <= value < 2**32, "in 0..2**32-1, as NumPy's random seeds are")
+# Keras keeps a random layer's seed in int32 under PyTorch
+seed = _checked(int, lambda value: 0 <= value < 2**31, "in 0..2**31-1, as Keras's seeds on every backend are")
+
+
+def add_equalize(parser):
+    """--equalize: whether the faces read are histogram-equalized (fersuite.contrast)."""
+    parser.add_argument(
+        "--equalize",
+        choices=contrast.MODES,
+        default="auto",
+        help="histogram-equalize the faces as they are read, as the models were trained: auto = a CSV's faces unless "
+        "most already are (the team's copy is), each image file on its own; never for faces exported from an "
+        "equalized copy (default: %(default)s)",
+    )
 
 
 def int_list(text):
@@ -225,11 +239,12 @@ def training_parser(description, defaults):
     )
     data.add_argument(
         "--split-seed",
-        type=seed,
+        type=numpy_seed,
         default=0,
         help="which faces the label,feature layout holds out for validation; "
         "keep it the same across the models of an ensemble (default: %(default)s)",
     )
+    add_equalize(data)
     data.add_argument("--runs-dir", default="runs", help="each run gets its own directory here (default: %(default)s)")
     data.add_argument(
         "--init-from",

@@ -4,7 +4,8 @@ Layouts, told apart by the header:
   fer2013.csv       emotion,pixels,Usage   Training/PublicTest/PrivateTest -> train/validation/test
   homework train    label,feature          seeded stratified train/validation split
   homework test     id,feature             unlabeled; ids go into the submission
-Faces that are not histogram-equalized (a raw fer2013.csv, photos) are equalized as they are read.
+Faces that are not histogram-equalized (a raw fer2013.csv, photos) are equalized as they are read
+(fersuite.contrast: a file's faces judged together, each image file on its own; --equalize overrides).
 """
 
 import gzip
@@ -13,7 +14,7 @@ import io
 import lzma
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ LAYOUTS = {
     ("label", "feature"): "labeled",
     ("id", "feature"): "unlabeled",
 }
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 
 
 @dataclass
@@ -92,7 +93,8 @@ def is_packed(path):
 
 def pack_table(table, path):
     """A parsed table as uint8 .npz (+ xz with a delta filter): ~20% smaller than the .csv.xz,
-    and loaded without parsing; how training rows travel to a GPU machine."""
+    and loaded without parsing; how training rows travel to a GPU machine. It holds the faces as
+    given: whether they are equalized is decided when it is loaded, as for a CSV."""
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -101,7 +103,6 @@ def pack_table(table, path):
         ids=table.ids,
         usage=table.usage,
         layout=np.array(table.layout),
-        equalized=np.array(True),
     )
     payload = buffer.getvalue()
     if str(path).endswith(".xz"):
@@ -115,22 +116,28 @@ def _load_packed(path):
         opener = lzma.open if str(path).endswith(".xz") else open
         with opener(path, "rb") as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as arrays:
             fields = {name: arrays[name] for name in arrays.files}
-        if not fields.pop("equalized", False):  # packed before faces were equalized as read, or elsewhere
-            fields["pixels"] = contrast.as_trained(fields["pixels"])
+        fields.pop("equalized", None)  # written by session 24's packs, whose faces were judged as they are now
         return Table(**{**fields, "layout": str(fields["layout"])})
     except (OSError, EOFError, lzma.LZMAError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a packed FER table, or truncated ({type(error).__name__})") from None
 
 
-def load_table(path, use_cache=True):
-    """Parse a FER CSV once; later loads of the same content come from a uint8 .npz cache."""
+def with_contrast(table, equalize="auto"):
+    """The table with its faces as the models are trained on them (fersuite.contrast.as_trained)."""
+    pixels = contrast.as_trained(table.pixels, equalize)
+    return table if pixels is table.pixels else replace(table, pixels=pixels)
+
+
+def load_table(path, use_cache=True, equalize="auto"):
+    """Parse a FER CSV once; later loads of the same content come from a uint8 .npz cache (one for
+    each --equalize mode, as equalizing a whole raw fer2013.csv takes seconds)."""
     path = check_readable_file(path)
     if is_packed(path):
-        return _load_packed(path)
-    cached = cache_dir() / f"{file_digest(path)}-v{CACHE_VERSION}.npz" if use_cache else None
+        return with_contrast(_load_packed(path), equalize)
+    cached = cache_dir() / f"{file_digest(path)}-{equalize}-v{CACHE_VERSION}.npz" if use_cache else None
     if cached is not None and cached.exists():
         return _load_packed(cached)
-    table = parse_csv(path)
+    table = with_contrast(parse_csv(path), equalize)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -162,9 +169,12 @@ def _read_frame(path):
 
 
 def _without_trailing_field(path, frame):
-    """pandas makes the first field the row index when every row has a field more than the header:
-    accepted when that last field is empty (a comma ending each row), refused when it holds data."""
+    """A comma ending each row (and perhaps the header) adds an empty last field: dropped. pandas makes
+    the first field the row index when only the rows have it; data in that field is refused."""
     if isinstance(frame.index, pd.RangeIndex):
+        last = frame.columns[-1] if len(frame.columns) else ""
+        if last.startswith("Unnamed: ") and (frame[last] == "").all():  # the header ends with a comma too
+            return frame.iloc[:, :-1]
         return frame
     if frame.index.nlevels > 1 or (frame.iloc[:, -1] != "").any():
         raise UserError(
@@ -247,7 +257,7 @@ def parse_csv(path):
     if frame.empty:
         raise UserError(f"{path}: header only, no data rows")
     pixel_column = "pixels" if "pixels" in frame else "feature"
-    pixels = contrast.as_trained(parse_pixels(path, pixel_column, frame[pixel_column]))
+    pixels = parse_pixels(path, pixel_column, frame[pixel_column])
     label_column = "emotion" if "emotion" in frame else "label"
     if label_column in frame:
         labels = parse_labels(path, label_column, frame[label_column])
@@ -328,13 +338,13 @@ def recorded_path(recorded, run_path, recorded_run_dir):
     return None
 
 
-def load_splits(path, val_split=0.1, seed=0):
-    return split_table(load_table(path), val_split, seed)
+def load_splits(path, val_split=0.1, seed=0, equalize="auto"):
+    return split_table(load_table(path, equalize=equalize), val_split, seed)
 
 
-def load_images(paths):
+def load_images(paths, equalize="auto"):
     """Image files of any size or colour as grayscale 48x48 uint8, the model's input; histogram-equalized
-    unless they already are, judged together as a file's faces are (fersuite.contrast)."""
+    unless they already are, each judged on its own (a photo among faces from the copy is still equalized)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     faces = []
@@ -347,10 +357,10 @@ def load_images(paths):
                     .convert("L")
                     .resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
                 )
-                faces.append(np.asarray(face, dtype=np.uint8))
+                faces.append(contrast.as_trained(np.asarray(face, dtype=np.uint8)[None], equalize)[0])
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
-    return Split(contrast.as_trained(np.stack(faces)[..., None]), None, np.array([str(path) for path in paths]))
+    return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))
 
 
 def main(argv=None):
@@ -371,7 +381,7 @@ def main(argv=None):
     except OSError as error:
         raise UserError(f"{Path(args.destination).parent}: cannot create the folder ({error.strerror})") from None
     cli.check_output(args.destination, args.force)
-    pack_table(load_table(args.source), args.destination)
+    pack_table(load_table(args.source, equalize="never"), args.destination)  # judged when loaded
     print(f"wrote {args.destination}: {Path(args.destination).stat().st_size / 1e6:.1f} MB")
 
 

@@ -663,7 +663,7 @@ def data_path(run, data=None):
 
 
 class RunCache:
-    """Parse each CSV once, recreate each (data, val_split, split seed) split once and load each model once."""
+    """Parse each CSV once, recreate each split (data, val_split, split seed, equalize) once, load each model once."""
 
     def __init__(self):
         self.splits = {}
@@ -677,9 +677,14 @@ class RunCache:
 
     def get(self, run, options, log=print):
         path = data_path(run, options.data)
-        key = (str(path.resolve()), run.config.get("val_split", 0.1), split_seed(run.config))
+        key = (
+            str(path.resolve()),
+            run.config.get("val_split", 0.1),
+            split_seed(run.config),
+            run.config.get("equalize", "auto"),
+        )
         if key not in self.splits:
-            self.splits[key] = load_splits(path, key[1], key[2])
+            self.splits[key] = load_splits(path, *key[1:])
         if key[0] not in self.digests:
             self.digests[key[0]] = file_digest(path)
         if run.config.get("data_digest", self.digests[key[0]]) != self.digests[key[0]]:

@@ -95,11 +95,12 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="the training CSV (or packed .npz.xz) the student will use")
     parser.add_argument("--out", required=True, help="where to write the probabilities (.npz)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    cli.add_equalize(parser)
     args = parser.parse_args(argv)
     if not args.out.endswith(".npz"):
         parser.error("--out must end in .npz")
     cli.check_output(args.out, args.force)
-    table = load_table(args.data)
+    table = load_table(args.data, equalize=args.equalize)
     print(f"{len(args.models)} teacher file(s) on {len(table.pixels):,} faces and their mirrors")
     mean = probabilities(args.models, table.pixels, verbose=cli.progress())
     labeled = table.labels >= 0

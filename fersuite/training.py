@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fersuite import AUGMENTATION, EMOTIONS, __version__, backend, cli, evaluation, quantize, teachers
+from fersuite import AUGMENTATION, EMOTIONS, __version__, backend, cli, contrast, evaluation, quantize, teachers
 from fersuite.atomic import write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.callbacks import (
@@ -70,9 +70,11 @@ def check_config(config):
         raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {config['val_split']}")
     if not 0 <= config["label_smoothing"] < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {config['label_smoothing']}")
-    for key in ("seed", "split_seed"):
-        if not 0 <= config.get(key, 0) < 2**32:
-            raise UserError(f"--{key.replace('_', '-')} must be in 0..2**32-1, got {config[key]}")
+    for key, bits in (("seed", 31), ("split_seed", 32)):
+        if not 0 <= config.get(key, 0) < 2**bits:
+            raise UserError(f"--{key.replace('_', '-')} must be in 0..2**{bits}-1, got {config[key]}")
+    if config.get("equalize", "auto") not in contrast.MODES:
+        raise UserError(f"--equalize must be one of {', '.join(contrast.MODES)}, got {config['equalize']}")
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
     if config["data"] == str(cli.DEFAULT_TRAIN) and not cli.DEFAULT_TRAIN.exists():
@@ -323,7 +325,7 @@ def _reopened(path, epochs_done):
 
 
 def _labeled_splits(config):
-    splits = load_splits(config["data"], config["val_split"], split_seed(config))
+    splits = load_splits(config["data"], config["val_split"], split_seed(config), config.get("equalize", "auto"))
     missing = [name for name in ("train", "validation") if name not in splits]
     if missing:
         raise UserError(
@@ -365,7 +367,7 @@ def train(family, config, build_network, resume=None):
     else:
         check_config(config)
         state, history = {"epochs_done": 0, "best_record": None, "counters": {}}, []
-    backend.make_deterministic(config["seed"] + state["epochs_done"])  # a resumed run: not epoch 1's shuffles
+    backend.make_deterministic((config["seed"] + state["epochs_done"]) % 2**31)  # a resumed run: not epoch 1's shuffles
     use_gpu = backend.gpu_available()
     if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
         keras.mixed_precision.set_dtype_policy("mixed_float16")

@@ -124,3 +124,17 @@ def test_quick_contrast_scores_the_copy_and_a_raw_stand_in_as_the_suite_reads_it
     scores = {line[:15].strip(): float(line.split()[-1]) for line in lines if line.startswith("  ")}
     assert list(scores) == ["copy", "copy again", "raw stand-in", "raw, as read"]
     assert all(0 <= score <= 1 for score in scores.values())
+
+
+def test_contrast_refuses_data_without_labels_in_one_line(tmp_path):
+    unlabeled = tmp_path / "test.csv"
+    unlabeled.write_text("id,feature\n0," + " ".join(["7"] * 2304) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.contrast", "--data", str(unlabeled)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "no labeled rows to hold out for validation" in result.stderr and "Traceback" not in result.stderr

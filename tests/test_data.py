@@ -87,6 +87,7 @@ def _odd_file(tmp_path, text, encoding="utf-8"):
         pytest.param(
             lambda text: text.replace("\n", ",\n").replace("feature,\n", "feature\n", 1), id="comma-ending-each-row"
         ),
+        pytest.param(lambda text: text.replace("\n", ",\n"), id="comma-ending-each-row-and-the-header"),
     ],
 )
 def test_unusual_but_valid_files_are_accepted(tmp_path, transform):
@@ -196,3 +197,57 @@ def test_a_dim_photo_is_equalized(tmp_path):
     Image.fromarray(dim).save(tmp_path / "dim.png")
     face = data.load_images([tmp_path / "dim.png"]).pixels[0, ..., 0]
     assert face.min() == 0 and face.max() == 255
+
+
+def _raw_faces(count, seed=0):
+    """Faces with narrow, uneven histograms, as a raw fer2013.csv or photo has."""
+    flat = np.random.default_rng(seed).integers(0, 256, (count, 48, 48, 1)).astype(np.uint8)
+    return (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
+
+
+def _faces_csv(path, faces):
+    return write_csv(path, "label,feature", [f"{i % 7},{' '.join(map(str, f.ravel()))}" for i, f in enumerate(faces)])
+
+
+def test_a_file_is_judged_by_faces_from_all_of_it():
+    """Raw rows appended after the first SAMPLE equalized ones are seen, and outnumbering them, decide."""
+    flat = np.random.default_rng(0).integers(0, 256, (contrast.SAMPLE, 48, 48, 1)).astype(np.uint8)
+    assert not contrast.is_equalized(np.concatenate([flat, _raw_faces(contrast.SAMPLE + 10)]))
+    assert contrast.is_equalized(np.concatenate([flat, _raw_faces(contrast.SAMPLE - 10)]))
+
+
+@pytest.mark.parametrize("mode", contrast.MODES)
+def test_equalize_mode_overrides_the_judgement_for_csv_and_packed_files(tmp_path, mode, monkeypatch):
+    monkeypatch.setenv("FERSUITE_CACHE_DIR", str(tmp_path / "cache"))
+    team = data.load_table(PROJECT / "data" / "fer2013_sample.csv.xz", use_cache=False).pixels[:14]
+    raw = _raw_faces(14)
+    for name, faces in (("team", team), ("raw", raw)):
+        expected = {
+            "auto": contrast.equalize(faces) if name == "raw" else faces,
+            "always": contrast.equalize(faces),
+            "never": faces,
+        }[mode]
+        csv = _faces_csv(tmp_path / f"{name}.csv", faces)
+        for _ in range(2):  # parsed, then from the cache of this mode
+            np.testing.assert_array_equal(data.load_table(csv, equalize=mode).pixels, expected)
+        packed = tmp_path / f"{name}.npz.xz"
+        data.main(["pack", str(csv), str(packed), "--force"])
+        np.testing.assert_array_equal(data.load_table(packed, equalize="never").pixels, faces)  # as given
+        np.testing.assert_array_equal(data.load_table(packed, equalize=mode).pixels, expected)
+
+
+def test_each_image_file_is_judged_on_its_own(tmp_path):
+    """A dim photo among faces exported from the equalized copy is still equalized; they are not."""
+    from PIL import Image
+
+    team = data.load_table(PROJECT / "data" / "fer2013_sample.csv.xz", use_cache=False).pixels
+    flat_ones = team[contrast.flatness(team) < contrast.FLAT][:3, ..., 0]
+    dim = _raw_faces(1)[0, ..., 0]
+    paths = []
+    for index, face in enumerate([*flat_ones, dim]):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(face).save(paths[-1])
+    faces = data.load_images(paths).pixels[..., 0]
+    np.testing.assert_array_equal(faces[:3], flat_ones)
+    np.testing.assert_array_equal(faces[3], contrast.equalize(dim[None, ..., None])[0, ..., 0])
+    np.testing.assert_array_equal(data.load_images(paths, "never").pixels[3, ..., 0], dim)

@@ -27,7 +27,7 @@ from conftest import (
     write_last_keras,
 )
 
-from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES, callbacks, models, training
+from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES, callbacks, contrast, models, training
 from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.data import file_digest, load_splits
 from fersuite.errors import UserError
@@ -49,7 +49,7 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert (config["rotation_range"], config["width_shift_range"]) == ((5.0, 0.05) if family == "dnn" else (10.0, 0.1))
     assert config["mixed_precision"] == ("off" if family == "dnn" else "auto")
     assert config["versions"]["backend"] == keras.backend.backend() and config["versions"]["keras"] == keras.__version__
-    assert len(config["data_digest"]) == 32
+    assert len(config["data_digest"]) == 32 and config["equalize"] == "auto"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["parameters"] == config["parameters"]
     assert 0 <= metrics["best_val_accuracy"] <= 1
@@ -161,9 +161,9 @@ def _epochs_done(run_dir):
     return state["epochs_done"] if state else 0
 
 
-def _start_training(data, runs, epochs, resume_every=0):
+def _start_training(data, runs, epochs, resume_every=0, seed=0):
     """A training process of ~200 images, so each epoch takes a moment to kill it in."""
-    args = tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", resume_every)
+    args = tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", resume_every, "--seed", seed)
     return subprocess.Popen(
         [sys.executable, "-c", CTRL_C_AS_IN_A_TERMINAL, str(PROJECT / "train_mobilenet.py"), *map(str, args)],
         stdout=subprocess.PIPE,
@@ -198,8 +198,9 @@ def bigger_csv(tmp_path):
 
 
 def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, tmp_path):
+    """With the largest seed, which a resumed run offsets by the epochs done."""
     runs = tmp_path / "runs"
-    process = _start_training(bigger_csv, runs, epochs=6)
+    process = _start_training(bigger_csv, runs, epochs=6, seed=2**31 - 1)
     run_dir = _wait_for_epochs(process, runs, 2)
     process.kill()
     process.wait()
@@ -698,3 +699,22 @@ def test_optimizer_takes_the_weight_decay_asked_for(name, weight_decay, expected
     assert (type(optimizer).__name__, optimizer.weight_decay) == expected
     if name == "sgd":
         assert optimizer.nesterov and optimizer.momentum == 0.9
+
+
+def test_a_run_reads_its_faces_as_its_config_says(tmp_path, monkeypatch):
+    """--equalize is recorded, so a resumed or scored run sees its faces as it trained on them; a run
+    recorded before the flag existed gets the judgement (auto) its faces had then."""
+    monkeypatch.setenv("FERSUITE_CACHE_DIR", str(tmp_path / "cache"))
+    flat = np.random.default_rng(0).integers(0, 256, (14, 48, 48, 1)).astype(np.uint8)
+    raw = (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
+    rows = [f"{index % 7},{' '.join(map(str, face.ravel()))}" for index, face in enumerate(raw)]
+    path = tmp_path / "raw.csv"
+    path.write_text("label,feature\n" + "\n".join(rows) + "\n")
+    config = {"data": str(path), "val_split": 0.5, "split_seed": 0}
+    seen = {
+        mode: np.concatenate(training._labeled_splits({**config, "equalize": mode})[0].pixels)
+        for mode in ("never", "always")
+    }
+    assert np.isin(seen["never"], raw).all() and not np.array_equal(seen["never"], seen["always"])
+    np.testing.assert_array_equal(np.concatenate(training._labeled_splits(config)[0].pixels), seen["always"])
+    assert not contrast.is_equalized(raw)
