@@ -637,16 +637,16 @@ def test_seed_changes_the_weights_but_not_the_validation_faces(train_csv, tmp_pa
     monkeypatch.syspath_prepend(str(PROJECT))
     asked = []
 
-    def load_splits(path, val_split, seed):
-        asked.append(seed)
+    def load_splits(path, val_split, seed, equalize):
+        asked.append((seed, equalize))
         raise UserError("stop here")
 
     monkeypatch.setattr(training, "load_splits", load_splits)
-    for flags in ({"seed": 7}, {"seed": 7, "split_seed": 3}):
+    for flags in ({"seed": 7}, {"seed": 7, "split_seed": 3, "equalize": "never"}):
         config = {**_tiny_config(train_csv, tmp_path / "runs", epochs=1), **flags}
         with pytest.raises(UserError, match="stop here"):
             training.train("dnn", config, None)
-    assert asked == [0, 3]
+    assert asked == [(0, "auto"), (3, "never")]
 
 
 def test_init_from_copies_a_trained_models_weights_and_refuses_another_network(tmp_path):
