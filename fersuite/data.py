@@ -322,6 +322,11 @@ def split_seed(config):
     return config.get("split_seed", config.get("seed", 0))
 
 
+def equalize_mode(config):
+    """A run's --equalize; runs from before the flag had auto's judgement."""
+    return config.get("equalize", "auto")
+
+
 def recorded_path(recorded, run_path, recorded_run_dir):
     """A file that a run's config.json names as it was typed, found from here: as it is, else from
     the folder training ran in (a run recorded as runs/cnn-1 ran two folders above its directory);

@@ -25,7 +25,7 @@ from scipy import ndimage
 from fersuite import EMOTIONS, backend, complexity, evaluation
 from fersuite.atomic import save_figure, write_text
 from fersuite.callbacks import best_row
-from fersuite.data import Split, file_digest, load_splits, recorded_path, split_seed
+from fersuite.data import Split, equalize_mode, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
 
 DPI = 150
@@ -677,12 +677,7 @@ class RunCache:
 
     def get(self, run, options, log=print):
         path = data_path(run, options.data)
-        key = (
-            str(path.resolve()),
-            run.config.get("val_split", 0.1),
-            split_seed(run.config),
-            run.config.get("equalize", "auto"),
-        )
+        key = (str(path.resolve()), run.config.get("val_split", 0.1), split_seed(run.config), equalize_mode(run.config))
         if key not in self.splits:
             self.splits[key] = load_splits(path, *key[1:])
         if key[0] not in self.digests:

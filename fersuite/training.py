@@ -33,7 +33,7 @@ from fersuite.callbacks import (
     best_row,
     read_resume_state,
 )
-from fersuite.data import check_readable_file, file_digest, load_splits, recorded_path, split_seed
+from fersuite.data import check_readable_file, equalize_mode, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
 
@@ -73,7 +73,7 @@ def check_config(config):
     for key, bits in (("seed", 31), ("split_seed", 32)):
         if not 0 <= config.get(key, 0) < 2**bits:
             raise UserError(f"--{key.replace('_', '-')} must be in 0..2**{bits}-1, got {config[key]}")
-    if config.get("equalize", "auto") not in contrast.MODES:
+    if equalize_mode(config) not in contrast.MODES:
         raise UserError(f"--equalize must be one of {', '.join(contrast.MODES)}, got {config['equalize']}")
     if config.get("mixup", 0.0) < 0:
         raise UserError(f"--mixup must be 0 (off) or positive, got {config['mixup']}")
@@ -325,7 +325,7 @@ def _reopened(path, epochs_done):
 
 
 def _labeled_splits(config):
-    splits = load_splits(config["data"], config["val_split"], split_seed(config), config.get("equalize", "auto"))
+    splits = load_splits(config["data"], config["val_split"], split_seed(config), equalize_mode(config))
     missing = [name for name in ("train", "validation") if name not in splits]
     if missing:
         raise UserError(

@@ -27,6 +27,18 @@ def write_csv(path, header, rows):
     return Path(path)
 
 
+def raw_faces(count, seed=0):
+    """Faces with narrow, uneven histograms, as a raw fer2013.csv or photo has (uniform noise, squeezed)."""
+    flat = np.random.default_rng(seed).integers(0, 256, (count, 48, 48, 1)).astype(np.uint8)
+    return (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
+
+
+def faces_csv(path, faces):
+    """A label,feature CSV of these faces."""
+    rows = [f"{index % 7},{' '.join(map(str, face.ravel()))}" for index, face in enumerate(faces)]
+    return write_csv(path, "label,feature", rows)
+
+
 def labeled_rows(count, seed=0):
     rng = np.random.default_rng(seed)
     return [f"{index % 7},{pixel_text(rng)}" for index in range(count)]

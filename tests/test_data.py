@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, fer2013_rows, labeled_rows, unlabeled_rows, write_csv
+from conftest import PROJECT, faces_csv, fer2013_rows, labeled_rows, raw_faces, unlabeled_rows, write_csv
 
 from fersuite import contrast, data
 from fersuite.errors import UserError
@@ -177,12 +177,10 @@ def test_the_teams_equalized_faces_are_read_as_they_are():
 
 def test_raw_faces_are_equalized_as_they_are_read_and_the_equalized_copy_is_not(tmp_path):
     """A raw fer2013.csv or photo has narrow, uneven histograms; the team's copy (like uniform noise) flat ones."""
-    rng = np.random.default_rng(0)
-    flat = rng.integers(0, 256, (14, 48, 48, 1)).astype(np.uint8)
-    raw = (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
+    flat = np.random.default_rng(0).integers(0, 256, (14, 48, 48, 1)).astype(np.uint8)
+    raw = raw_faces(14)
     assert contrast.is_equalized(flat) and not contrast.is_equalized(raw)
-    rows = [f"{index % 7},{' '.join(map(str, face.ravel()))}" for index, face in enumerate(raw)]
-    table = data.load_table(write_csv(tmp_path / "raw.csv", "label,feature", rows), use_cache=False)
+    table = data.load_table(faces_csv(tmp_path / "raw.csv", raw), use_cache=False)
     np.testing.assert_array_equal(table.pixels, contrast.equalize(raw))
     assert table.pixels.min() == 0 and table.pixels.max() == 255
     packed_elsewhere = tmp_path / "raw.npz"
@@ -199,35 +197,25 @@ def test_a_dim_photo_is_equalized(tmp_path):
     assert face.min() == 0 and face.max() == 255
 
 
-def _raw_faces(count, seed=0):
-    """Faces with narrow, uneven histograms, as a raw fer2013.csv or photo has."""
-    flat = np.random.default_rng(seed).integers(0, 256, (count, 48, 48, 1)).astype(np.uint8)
-    return (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
-
-
-def _faces_csv(path, faces):
-    return write_csv(path, "label,feature", [f"{i % 7},{' '.join(map(str, f.ravel()))}" for i, f in enumerate(faces)])
-
-
 def test_a_file_is_judged_by_faces_from_all_of_it():
     """Raw rows appended after the first SAMPLE equalized ones are seen, and outnumbering them, decide."""
     flat = np.random.default_rng(0).integers(0, 256, (contrast.SAMPLE, 48, 48, 1)).astype(np.uint8)
-    assert not contrast.is_equalized(np.concatenate([flat, _raw_faces(contrast.SAMPLE + 10)]))
-    assert contrast.is_equalized(np.concatenate([flat, _raw_faces(contrast.SAMPLE - 10)]))
+    assert not contrast.is_equalized(np.concatenate([flat, raw_faces(contrast.SAMPLE + 10)]))
+    assert contrast.is_equalized(np.concatenate([flat, raw_faces(contrast.SAMPLE - 10)]))
 
 
 @pytest.mark.parametrize("mode", contrast.MODES)
 def test_equalize_mode_overrides_the_judgement_for_csv_and_packed_files(tmp_path, mode, monkeypatch):
     monkeypatch.setenv("FERSUITE_CACHE_DIR", str(tmp_path / "cache"))
     team = data.load_table(PROJECT / "data" / "fer2013_sample.csv.xz", use_cache=False).pixels[:14]
-    raw = _raw_faces(14)
+    raw = raw_faces(14)
     for name, faces in (("team", team), ("raw", raw)):
         expected = {
             "auto": contrast.equalize(faces) if name == "raw" else faces,
             "always": contrast.equalize(faces),
             "never": faces,
         }[mode]
-        csv = _faces_csv(tmp_path / f"{name}.csv", faces)
+        csv = faces_csv(tmp_path / f"{name}.csv", faces)
         for _ in range(2):  # parsed, then from the cache of this mode
             np.testing.assert_array_equal(data.load_table(csv, equalize=mode).pixels, expected)
         packed = tmp_path / f"{name}.npz.xz"
@@ -242,7 +230,7 @@ def test_each_image_file_is_judged_on_its_own(tmp_path):
 
     team = data.load_table(PROJECT / "data" / "fer2013_sample.csv.xz", use_cache=False).pixels
     flat_ones = team[contrast.flatness(team) < contrast.FLAT][:3, ..., 0]
-    dim = _raw_faces(1)[0, ..., 0]
+    dim = raw_faces(1)[0, ..., 0]
     paths = []
     for index, face in enumerate([*flat_ones, dim]):
         paths.append(tmp_path / f"{index}.png")

@@ -18,8 +18,10 @@ import pandas as pd
 import pytest
 from conftest import (
     PROJECT,
+    faces_csv,
     labeled_rows,
     only_run,
+    raw_faces,
     run_script,
     run_under,
     tiny_training_args,
@@ -705,11 +707,8 @@ def test_a_run_reads_its_faces_as_its_config_says(tmp_path, monkeypatch):
     """--equalize is recorded, so a resumed or scored run sees its faces as it trained on them; a run
     recorded before the flag existed gets the judgement (auto) its faces had then."""
     monkeypatch.setenv("FERSUITE_CACHE_DIR", str(tmp_path / "cache"))
-    flat = np.random.default_rng(0).integers(0, 256, (14, 48, 48, 1)).astype(np.uint8)
-    raw = (100 + (flat.astype(float) / 255) ** 2 * 50).astype(np.uint8)
-    rows = [f"{index % 7},{' '.join(map(str, face.ravel()))}" for index, face in enumerate(raw)]
-    path = tmp_path / "raw.csv"
-    path.write_text("label,feature\n" + "\n".join(rows) + "\n")
+    raw = raw_faces(14)
+    path = faces_csv(tmp_path / "raw.csv", raw)
     config = {"data": str(path), "val_split": 0.5, "split_seed": 0}
     seen = {
         mode: np.concatenate(training._labeled_splits({**config, "equalize": mode})[0].pixels)
