@@ -51,9 +51,44 @@ def fer2013_rows(count, seed=0):
     return [f"{index % 7},{pixel_text(rng)},{usage}" for index, usage in enumerate(usages)]
 
 
+def kaggle_ids(count):
+    """Kaggle-style ids that are not the row numbers (descending, with gaps), so that a submission
+    numbering its rows instead of copying the id column is caught."""
+    return [str(5 * (count - index)) for index in range(count)]
+
+
 def unlabeled_rows(count, seed=0):
     rng = np.random.default_rng(seed)
-    return [f"{index},{pixel_text(rng)}" for index in range(count)]
+    return [f"{face_id},{pixel_text(rng)}" for face_id in kaggle_ids(count)]
+
+
+EMOTION_BRIGHTNESS = np.array([20 + 35 * emotion for emotion in range(7)], dtype="float32")
+
+
+def brightness_probabilities(faces):
+    """What brightness_model answers, computed in NumPy: softmax of -(mean pixel - brightness)² / 100."""
+    logits = -((faces.reshape(len(faces), -1).mean(axis=1)[:, None] - EMOTION_BRIGHTNESS) ** 2) / 100
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def brightness_model(path):
+    """A .keras model whose every answer is known without the suite (brightness_probabilities): the
+    emotion whose EMOTION_BRIGHTNESS is nearest the face's mean pixel. A uniform face keeps its mean
+    under every TTA view, so what predict.py writes can be checked row by row."""
+    import keras
+
+    inputs = keras.Input((48, 48, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(7)(mean)  # (2 c m - c²) / 100 = (m² - (m - c)²) / 100
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    model.layers[-2].set_weights([2 * EMOTION_BRIGHTNESS[None] / 100, -(EMOTION_BRIGHTNESS**2) / 100])
+    model.save(path)
+    return Path(path)
+
+
+def uniform_face_text(value):
+    return " ".join([str(int(value))] * 2304)
 
 
 @pytest.fixture(autouse=True)

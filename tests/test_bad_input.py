@@ -110,7 +110,7 @@ DATA_CASES = [
     ),
     ("wrong-separator", lambda d: text_file(d, "c.csv", good_test().replace(",", ";")), "unexpected columns"),
     ("no-header", lambda d: text_file(d, "c.csv", good_train().split("\n", 1)[1]), "the first line is a data row"),
-    ("extra-field-in-a-row", lambda d: text_file(d, "c.csv", good_test().replace("\n1,", "\n1,5,")), "line 3"),
+    ("extra-field-in-a-row", lambda d: text_file(d, "c.csv", good_test().replace("\n10,", "\n10,5,")), "line 3"),
     ("2303-pixels", lambda d: text_file(d, "c.csv", good_test().rsplit(" ", 1)[0] + "\n"), "found 2303"),
     ("2305-pixels", lambda d: text_file(d, "c.csv", good_test().rstrip("\n") + " 7\n"), "found 2305"),
     (
@@ -135,7 +135,7 @@ DATA_CASES = [
     ),
     ("label-minus-1", lambda d: text_file(d, "c.csv", replace_label(good_train(), 0, "-1")), "line 2, column 'label'"),
     ("label-word", lambda d: text_file(d, "c.csv", replace_label(good_train(), 2, "happy")), "label 'happy'"),
-    ("duplicate-ids", lambda d: text_file(d, "c.csv", good_test().replace("\n2,", "\n0,")), "duplicate id '0'"),
+    ("duplicate-ids", lambda d: text_file(d, "c.csv", good_test().replace("\n5,", "\n15,")), "duplicate id '15'"),
     ("truncated-gz", lambda d: truncated(gzip.open, good_test(), d, "t.csv.gz"), "truncated or corrupt"),
     ("truncated-xz", lambda d: truncated(lzma.open, good_test(), d, "t.csv.xz"), "truncated or corrupt"),
     ("binary-garbage", lambda d: (d / "g.csv").write_bytes(bytes(range(256)) * 40) and d / "g.csv", "g.csv"),
@@ -324,10 +324,6 @@ def test_resume_of_something_that_is_not_a_run(tmp_path, monkeypatch, capsys):
     assert code == 2 and "cannot resume" in err
 
 
-def test_at_least_thirty_distinct_cases():
-    assert len(DATA_CASES) + len(MODEL_CASES) + len(OUTPUT_CASES) + len(FLAG_CASES) + 5 >= 30
-
-
 def test_unusual_files_are_accepted_by_predict(tmp_path, model_file, monkeypatch, capsys):
     text = "\ufeff" + good_test().replace("\n", "\r\n").rstrip("\r\n")
     data = tmp_path / "odd.csv"
@@ -336,7 +332,7 @@ def test_unusual_files_are_accepted_by_predict(tmp_path, model_file, monkeypatch
     code = invoke("predict", ["--model", model_file, "--data", data, "--out", out], monkeypatch, capsys)[0]
     assert code == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
+    assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == ["15", "10", "5"]
 
 
 def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_path, monkeypatch, capsys):

@@ -32,7 +32,7 @@ def test_test_layout_keeps_ids_and_has_no_labels(tmp_path):
     splits = data.load_splits(path)
     assert list(splits) == ["test"]
     assert splits["test"].labels is None
-    assert list(splits["test"].ids) == ["0", "1", "2", "3", "4"]
+    assert list(splits["test"].ids) == ["25", "20", "15", "10", "5"]
 
 
 def test_runs_from_before_split_seed_keep_their_validation_split():
@@ -116,6 +116,7 @@ def test_images_any_size_and_colour_become_grayscale_48(tmp_path):
     Image.new("L", (48, 48), 7).save(gray)
     faces = data.load_images([colour, gray])
     assert faces.pixels.shape == (2, 48, 48, 1) and faces.pixels.dtype == np.uint8
+    assert (faces.pixels[0] == 67).all()  # ITU-R 601 luma of (200, 10, 10), as PIL converts it
     assert faces.pixels[1].max() <= 10
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, models
-from fersuite.augment import RandomAffine
+from fersuite.augment import RandomAffine, RandomErasing
 
 
 def test_default_cnn_is_the_hw3_network():
@@ -65,9 +65,50 @@ def test_augmentation_changes_images_only_in_training():
 def test_horizontal_flip_alone_mirrors_or_keeps_each_image():
     images = np.random.default_rng(1).uniform(0, 255, (16, 48, 48, 1)).astype("float32")
     out = np.asarray(RandomAffine(horizontal_flip=True, seed=2)(images, training=True))
-    for image, result in zip(images, out):
-        assert np.allclose(result, image, atol=1e-3) or np.allclose(result, image[:, ::-1], atol=1e-3)
-    assert not np.allclose(out, images, atol=1e-3)
+    kept = [np.allclose(result, image, atol=1e-3) for image, result in zip(images, out)]
+    mirrored = [np.allclose(result, image[:, ::-1], atol=1e-3) for image, result in zip(images, out)]
+    assert all(np.logical_or(kept, mirrored)) and 3 <= sum(mirrored) <= 13
+
+
+def dot_positions(settings, count=64):
+    """Where a blurred dot 12 pixels right of the centre lands in `count` augmented copies: (row, column)
+    offsets from the centre, by the intensity-weighted centroid."""
+    rows, cols = np.mgrid[0:48, 0:48] - 23.5
+    dot = np.exp(-((rows**2 + (cols - 12) ** 2) / (2 * 1.5**2))).astype("float32")
+    out = np.asarray(RandomAffine(**settings, seed=3)(np.tile(dot[None, :, :, None], (count, 1, 1, 1)), training=True))
+    mass = out[..., 0].sum(axis=(1, 2))
+    return (out[..., 0] * rows).sum(axis=(1, 2)) / mass, (out[..., 0] * cols).sum(axis=(1, 2)) / mass
+
+
+def test_each_augmentation_moves_a_dot_within_its_range():
+    """ImageDataGenerator's meaning of each setting: degrees, fractions of the size, zoom 1 ± range."""
+    row, col = dot_positions({"width_shift_range": 0.1})
+    assert np.abs(row).max() < 0.05 and np.abs(col - 12).max() <= 4.8 + 0.05 and np.abs(col - 12).max() > 3
+    row, col = dot_positions({"height_shift_range": 0.1})
+    assert np.abs(col - 12).max() < 0.05 and np.abs(row).max() <= 4.8 + 0.05 and np.abs(row).max() > 3
+    row, col = dot_positions({"rotation_range": 10})
+    angle = np.degrees(np.arctan2(row, col))
+    assert np.abs(np.hypot(row, col) - 12).max() < 0.2 and np.abs(angle).max() <= 10.3 and np.abs(angle).max() > 6
+    row, col = dot_positions({"zoom_range": 0.1})
+    assert np.abs(row).max() < 0.05 and 12 / 1.1 - 0.1 <= col.min() and col.max() <= 12 / 0.9 + 0.1
+    assert col.max() - col.min() > 1.5
+
+
+def test_random_erasing_blanks_one_rectangle_to_the_faces_mean():
+    images = np.random.default_rng(4).uniform(0, 255, (64, 48, 48, 1)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(RandomErasing(0.0, seed=1)(images, training=True)), images)
+    np.testing.assert_array_equal(np.asarray(RandomErasing(1.0, seed=1)(images, training=False)), images)
+    out = np.asarray(RandomErasing(1.0, seed=1)(images, training=True))
+    changed = out != images
+    means = images.mean(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(np.where(changed, out, means), np.broadcast_to(means, out.shape), rtol=1e-5)
+    for mask in changed[..., 0]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        assert mask.sum() == len(rows) * len(cols) == mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].sum()
+    area = changed.mean(axis=(1, 2, 3))
+    assert (area > 0).all() and area.max() <= 0.3 and area.mean() > 0.03
+    half = np.asarray(RandomErasing(0.5, seed=1)(images, training=True))
+    assert 16 <= (half != images).any(axis=(1, 2, 3)).sum() <= 48
 
 
 def test_models_with_augmentation_survive_a_save_and_load(tmp_path):

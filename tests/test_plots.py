@@ -13,7 +13,7 @@ from conftest import PROJECT, labeled_rows, run_under, write_csv
 from keras import layers
 from PIL import Image
 
-from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, cli, complexity, plots, training
+from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, cli, complexity, evaluation, plots, training
 from fersuite.models import build_cnn
 
 TESTS = Path(__file__).resolve().parent
@@ -111,6 +111,18 @@ def test_confusion_counts_add_up_to_the_validation_rows(report):
     table = pd.read_csv(figures / run_dir.name / "classification_report.csv")
     assert list(table["class"][: len(EMOTIONS)]) == list(EMOTIONS)
     assert table.set_index("class").loc["macro avg", "support"] == 21
+
+
+def test_confusion_rows_are_true_emotions_and_the_report_counts_each():
+    labels, predictions = np.array([0, 0, 0, 3, 3, 6]), np.array([0, 3, 3, 3, 6, 6])
+    matrix = evaluation.confusion_frame(labels, predictions)
+    assert matrix.loc["Angry"].tolist() == [1, 0, 0, 2, 0, 0, 0] and matrix["Angry"].tolist() == [1, 0, 0, 0, 0, 0, 0]
+    assert (matrix.loc["Happy", "Neutral"], matrix.loc["Neutral", "Happy"]) == (1, 0)
+    table = plots.classification_table(labels, predictions).set_index("class")
+    assert table.loc[list(EMOTIONS), "support"].tolist() == [3, 0, 0, 2, 0, 0, 1]
+    assert (table.loc["Angry", "precision"], table.loc["Angry", "recall"]) == (1.0, pytest.approx(1 / 3))
+    assert (table.loc["Happy", "precision"], table.loc["Happy", "recall"]) == (pytest.approx(1 / 3), 0.5)
+    assert table.loc["accuracy", "f1-score"] == pytest.approx(3 / 6)
 
 
 def test_complexity_table_totals_match_the_model(report):

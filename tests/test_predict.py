@@ -6,9 +6,21 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, only_run, run_script, run_under, tiny_training_args
+from conftest import (
+    EMOTION_BRIGHTNESS,
+    PROJECT,
+    brightness_model,
+    brightness_probabilities,
+    kaggle_ids,
+    only_run,
+    run_script,
+    run_under,
+    tiny_training_args,
+    uniform_face_text,
+    write_csv,
+)
 
-from fersuite import evaluation
+from fersuite import EMOTIONS, evaluation
 from fersuite.data import load_table
 
 
@@ -22,15 +34,33 @@ def trained_model(tmp_path_factory):
     return only_run(directory / "runs") / "best.keras"
 
 
+@pytest.fixture(scope="module")
+def known_model(tmp_path_factory):
+    return brightness_model(tmp_path_factory.mktemp("known") / "brightness.keras")
+
+
 def test_submission_has_one_row_per_test_id(trained_model, test_csv, tmp_path):
     out = tmp_path / "submission.csv"
     result = run_script("predict.py", "--model", trained_model, "--data", test_csv, "--out", out, check=True)
-    submission = pd.read_csv(out)
+    submission = pd.read_csv(out, dtype={"id": str})
     assert list(submission.columns) == ["id", "label"]
-    assert list(submission["id"]) == list(range(12))
-    assert submission["label"].between(0, 6).all()
+    assert list(submission["id"]) == kaggle_ids(12)
+    model = evaluation.load_model(trained_model)
+    expected = evaluation.predict_probabilities([model], load_table(test_csv).pixels, "zoom")
+    assert list(submission["label"]) == list(expected.argmax(axis=1))
     assert "12 rows" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir() if path.name != "cache") == ["submission.csv", "test.csv"]
+
+
+def test_submission_copies_each_id_with_its_faces_emotion(known_model, tmp_path):
+    shown = [3, 0, 6, 1, 5, 2, 4, 3, 6, 0]
+    ids = kaggle_ids(len(shown))
+    rows = [f"{face_id},{uniform_face_text(EMOTION_BRIGHTNESS[emotion])}" for face_id, emotion in zip(ids, shown)]
+    data = write_csv(tmp_path / "test.csv", "id,feature", rows)
+    out = tmp_path / "submission.csv"
+    run_script("predict.py", "--model", known_model, "--data", data, "--out", out, "--equalize", "never", check=True)
+    submission = pd.read_csv(out, dtype={"id": str})
+    assert list(submission["id"]) == ids and list(submission["label"]) == shown
 
 
 def test_existing_submission_is_kept_unless_forced(trained_model, test_csv, tmp_path):
@@ -48,6 +78,28 @@ def test_fer2013_prints_public_and_private_accuracy(trained_model, fer2013_csv, 
     )
     assert "public (PublicTest) accuracy:" in result.stdout and "private (PrivateTest) accuracy:" in result.stdout
     assert len(pd.read_csv(tmp_path / "s.csv")) == 12
+
+
+def test_fer2013_scores_each_board_on_its_own_rows(known_model, tmp_path):
+    """PublicTest: 4 of 5 faces labeled as known_model answers; PrivateTest: 1 of 4. Training rows are not scored."""
+    rows = [("0", 0, "Training"), ("1", 1, "Training"), ("2", 2, "Training")]
+    rows += [(label, shown, "PublicTest") for label, shown in zip([1, 2, 3, 4, 0], [1, 2, 3, 4, 5])]
+    rows += [(label, shown, "PrivateTest") for label, shown in zip([6, 1, 1, 1], [6, 0, 2, 5])]
+    data = write_csv(
+        tmp_path / "fer2013.csv",
+        "emotion,pixels,Usage",
+        [f"{label},{uniform_face_text(EMOTION_BRIGHTNESS[shown])},{usage}" for label, shown, usage in rows],
+    )
+    out = tmp_path / "s.csv"
+    args = ["--model", known_model, "--data", data, "--out", out, "--equalize", "never"]
+    result = run_script("predict.py", *args, check=True)
+    assert [line for line in result.stdout.splitlines() if "accuracy" in line] == [
+        "public (PublicTest) accuracy: 0.8000 on 5 images",
+        "private (PrivateTest) accuracy: 0.2500 on 4 images",
+    ]
+    submission = pd.read_csv(out, dtype={"id": str})
+    assert list(submission["id"]) == [str(row) for row in range(3, 12)]
+    assert list(submission["label"]) == [1, 2, 3, 4, 5, 6, 0, 2, 5]
 
 
 def test_a_submission_by_default_for_test_csv_only(trained_model, test_csv, fer2013_csv, tmp_path):
@@ -72,6 +124,25 @@ def test_tta_views_and_average():
     views = evaluation.tta_views(pixels, "crops")
     assert len(views) == 6 and all(view.shape == pixels.shape for view in views)
     np.testing.assert_array_equal(views[1], pixels[:, :, ::-1])
+    # the four crops move the face two pixels along each diagonal, borders filled from the edge
+    np.testing.assert_array_equal(views[2][:, 2:, 2:], pixels[:, :-2, :-2])
+    np.testing.assert_array_equal(views[3][:, 2:, :-2], pixels[:, :-2, 2:])
+    np.testing.assert_array_equal(views[4][:, :-2, 2:], pixels[:, 2:, :-2])
+    np.testing.assert_array_equal(views[5][:, :-2, :-2], pixels[:, 2:, 2:])
+    np.testing.assert_array_equal(views[2][:, :2, :2], np.broadcast_to(pixels[:, :1, :1], (2, 2, 2, 1)))
+
+
+def test_ensemble_averages_each_models_mean_over_views(known_model, trained_model):
+    rng = np.random.default_rng(3)
+    gradient = np.linspace(0, 115, 48)[None, None, :, None]  # mean 107.5, between Fear's 90 and Happy's 125
+    faces = (rng.integers(0, 101, (5, 48, 48, 1)) + gradient).astype("float32")
+    models = [evaluation.load_model(known_model), evaluation.load_model(trained_model)]
+    views = evaluation.tta_views(faces, "crops")
+    known = np.mean([brightness_probabilities(view) for view in views], axis=0)
+    trained = np.mean([models[1].predict(view, verbose=0) for view in views], axis=0)
+    assert np.abs(known - brightness_probabilities(faces)).max() > 0.01  # the views matter to known_model
+    ensemble = evaluation.predict_probabilities(models, faces, "crops")
+    np.testing.assert_allclose(ensemble, (known + trained) / 2, atol=1e-5)
 
 
 def test_zoom_views_bring_the_face_closer_and_farther_and_mirror_each():
@@ -87,18 +158,19 @@ def test_zoom_views_bring_the_face_closer_and_farther_and_mirror_each():
     np.testing.assert_allclose(evaluation.zoomed(faces, 1.0), faces)
 
 
-def test_image_files_are_classified(trained_model, tmp_path):
+def test_image_files_are_classified(known_model, tmp_path):
     from PIL import Image
 
-    paths = []
-    for index, size in enumerate([(48, 48), (120, 90)]):
+    values, paths = [EMOTION_BRIGHTNESS[5] + 10, EMOTION_BRIGHTNESS[2] - 12], []
+    for index, (value, size) in enumerate(zip(values, [(48, 48), (120, 90)])):
         paths.append(tmp_path / f"face{index}.png")
-        Image.new("RGB", size, (index * 90, 50, 50)).save(paths[-1])
-    result = run_script("predict.py", "--model", trained_model, *paths, check=True)
-    lines = result.stdout.strip().splitlines()
-    assert lines[0] == "file,emotion,confidence" and len(lines) == 3
-    name, _emotion, confidence = lines[1].split(",")
-    assert name.endswith("face0.png") and 0 <= float(confidence) <= 1
+        Image.new("RGB", size, (int(value),) * 3).save(paths[-1])
+    result = run_script("predict.py", "--model", known_model, "--equalize", "never", *paths, check=True)
+    expected = brightness_probabilities(np.array(values)[:, None])
+    assert result.stdout.splitlines() == ["file,emotion,confidence"] + [
+        f"{path},{EMOTIONS[row.argmax()]},{row.max():.3f}" for path, row in zip(paths, expected)
+    ]
+    assert [line.split(",")[1] for line in result.stdout.splitlines()[1:]] == ["Surprise", "Fear"]
 
 
 def ship(*args):

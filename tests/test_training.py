@@ -29,9 +29,9 @@ from conftest import (
     write_last_keras,
 )
 
-from fersuite import AUGMENTATION, INPUT_SHAPE, NUM_CLASSES, callbacks, contrast, models, training
-from fersuite.augment import MixUpBatches, full_batch_order
-from fersuite.data import file_digest, load_splits
+from fersuite import AUGMENTATION, EMOTIONS, INPUT_SHAPE, NUM_CLASSES, callbacks, contrast, models, training
+from fersuite.augment import MixUpBatches, RandomAffine, RandomErasing, full_batch_order
+from fersuite.data import Split, file_digest, load_splits
 from fersuite.errors import UserError
 from fersuite.evaluation import load_model
 
@@ -59,7 +59,10 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert list(history["epoch"]) == [1]
     assert {"accuracy", "loss", "val_accuracy", "val_loss", "learning_rate", "seconds"} <= set(history)
     confusion = pd.read_csv(run_dir / "confusion_matrix.csv", index_col=0)
-    assert confusion.to_numpy().sum() == config["validation_rows"]
+    validation = load_splits(train_csv, 0.1, 0)["validation"]
+    assert list(confusion.index) == list(EMOTIONS) == list(confusion.columns)
+    assert confusion.sum(axis=1).tolist() == np.bincount(validation.labels, minlength=7).tolist()  # rows: true
+    assert confusion.to_numpy().sum() == config["validation_rows"] == len(validation)
     load_model(run_dir / "best.keras")
     assert optimizer_variables(run_dir / "best.keras") == 0 < optimizer_variables(run_dir / "last.keras")
 
@@ -356,6 +359,23 @@ def test_a_reopened_model_draws_new_augmentations(tmp_path):
     np.testing.assert_array_equal(first_draw(training._reopened(tmp_path / "last.keras", 3)), moved_on)
 
 
+def test_a_reopened_run_keeps_its_optimizer_state_and_lowered_learning_rate(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(32, 4)), np.eye(NUM_CLASSES)[rng.integers(0, NUM_CLASSES, 32)], batch_size=8, verbose=0)
+    model.optimizer.learning_rate.assign(3e-4)  # as a plateau drop leaves it
+    model.save(tmp_path / "last.keras")
+    reopened = training._reopened(tmp_path / "last.keras", epochs_done=1)
+    assert int(keras.ops.convert_to_numpy(reopened.optimizer.iterations)) == 4
+    assert float(keras.ops.convert_to_numpy(reopened.optimizer.learning_rate)) == pytest.approx(3e-4)
+    saved = [keras.ops.convert_to_numpy(variable) for variable in model.optimizer.variables]
+    loaded = [keras.ops.convert_to_numpy(variable) for variable in reopened.optimizer.variables]
+    assert len(saved) == len(loaded) > 2 and all(np.array_equal(a, b) for a, b in zip(saved, loaded))
+    np.testing.assert_array_equal(reopened.get_weights()[0], model.get_weights()[0])
+
+
 def test_a_run_saved_under_tensorflow_resumes_under_jax_with_xla(tmp_path):
     """load_model keeps the saving backend's jit_compile: a TensorFlow CPU run saves it off, and
     resumed under JAX it trained 100x slower. Reopened, it is compiled for the backend at hand."""
@@ -443,6 +463,7 @@ def _tiny_config(data, runs, epochs):
 
     parser = cli.training_parser("", DEFAULTS)
     parser.add_argument("--units", type=cli.int_list)
+    parser.add_argument("--dropout", type=float, default=0.1)
     args = [
         "--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0,
         "--resume-every", 0,
@@ -637,18 +658,74 @@ def test_time_budget_ends_the_run_before_its_epochs(train_csv, tmp_path):
 
 def test_seed_changes_the_weights_but_not_the_validation_faces(train_csv, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(PROJECT))
-    asked = []
+    from train_dnn import build_network
+
+    seen, real_load_splits, real_make_model = [], training.load_splits, training.make_model
 
     def load_splits(path, val_split, seed, equalize):
-        asked.append((seed, equalize))
+        splits = real_load_splits(path, val_split, seed, equalize)
+        seen.append({"asked": (seed, equalize), "validation": list(splits["validation"].ids)})
+        return splits
+
+    def make_model(*args):
+        seen[-1]["kernel"] = keras.ops.convert_to_numpy(real_make_model(*args).weights[0])
         raise UserError("stop here")
 
     monkeypatch.setattr(training, "load_splits", load_splits)
-    for flags in ({"seed": 7}, {"seed": 7, "split_seed": 3, "equalize": "never"}):
+    monkeypatch.setattr(training, "make_model", make_model)
+    for flags in ({"seed": 7}, {"seed": 8}, {"seed": 7, "split_seed": 3, "equalize": "never"}):
         config = {**_tiny_config(train_csv, tmp_path / "runs", epochs=1), **flags}
         with pytest.raises(UserError, match="stop here"):
-            training.train("dnn", config, None)
-    assert asked == [(0, "auto"), (3, "never")]
+            training.train("dnn", config, build_network)
+    assert [run["asked"] for run in seen] == [(0, "auto"), (0, "auto"), (3, "never")]
+    assert seen[0]["validation"] == seen[1]["validation"] != seen[2]["validation"]
+    assert not np.allclose(seen[0]["kernel"], seen[1]["kernel"])
+
+
+def test_augmentation_settings_reach_the_model_and_no_augment_leaves_it_out(train_csv, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT))
+    from train_dnn import build_network
+
+    config = {**_tiny_config(train_csv, tmp_path, 1), "rotation_range": 7.0, "zoom_range": 0.3, "random_erasing": 0.4}
+    faces = np.zeros((4, *INPUT_SHAPE), np.uint8)
+    model = training.make_model(config, build_network, faces)
+    affine = [layer.get_config() for layer in model.layers if isinstance(layer, RandomAffine)]
+    assert [{key: settings[key] for key in AUGMENTATION} for settings in affine] == [
+        {key: config[key] for key in AUGMENTATION}
+    ]
+    assert [layer.probability for layer in model.layers if isinstance(layer, RandomErasing)] == [0.4]
+    plain = training.make_model({**config, "augment": False, "random_erasing": 0.0}, build_network, faces)
+    assert not [layer for layer in plain.layers if isinstance(layer, (RandomAffine, RandomErasing))]
+    assert plain.count_params() == model.count_params()
+
+
+def test_fit_gets_each_faces_own_target_and_the_teachers_soft_ones(train_csv, tmp_path, monkeypatch):
+    """Face i is the constant i, so every row fit sees can be matched to the target it must carry."""
+    faces = (np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, *INPUT_SHAPE), np.uint8))
+    split = Split(faces, np.arange(10) % NUM_CLASSES, np.arange(10).astype(str))
+    targets = np.random.default_rng(0).dirichlet(np.ones(NUM_CLASSES), 10).astype("float32")
+    inputs = training.training_inputs({"class_weight": "none", "batch_size": 4, "seed": 0}, split, targets, 0)
+    rows = inputs["x"][:, 0, 0, 0].astype(int)
+    assert len(rows) == 12 and set(rows) == set(range(10))
+    np.testing.assert_array_equal(inputs["y"], targets[rows])
+
+    monkeypatch.syspath_prepend(str(PROJECT))
+    from train_dnn import build_network
+
+    teacher = tmp_path / "teacher.keras"
+    models.build_dnn(INPUT_SHAPE, NUM_CLASSES, models.preprocessing_layers(), units=(8,)).save(teacher)
+    given = []
+
+    def spy(config, train_split, targets, epochs_done):
+        given.append(targets)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(training, "training_inputs", spy)
+    config = {**_tiny_config(train_csv, tmp_path / "runs", 1), "teacher": [str(teacher)], "teacher_weight": 0.5}
+    with pytest.raises(UserError, match="stop here"):
+        training.train("dnn", config, build_network)
+    np.testing.assert_allclose(given[0].sum(axis=1), 1.0, rtol=1e-5)
+    assert (given[0].max(axis=1) < 1).all()  # the teacher's share, not the one-hot labels
 
 
 def test_init_from_copies_a_trained_models_weights_and_refuses_another_network(tmp_path):
