@@ -16,6 +16,7 @@ ensemble; models/README.md has the figures.
 out (same --val-split and --split-seed), to choose models and TTA without touching the test set.
 """
 
+import csv
 import sys
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def score_validation(args, paths, models):
     if validation is None:
         raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
-    each, ensemble = evaluation.each_and_ensemble(models, validation.pixels, args.tta, args.batch_size)
+    each, ensemble = evaluation.each_and_ensemble(models, validation.pixels, args.tta, args.batch_size, paths)
     for path, probabilities in zip(paths, each):
         print(f"{evaluation.accuracy(validation.labels, probabilities):.4f}  {path}")
     if len(models) > 1:
@@ -153,9 +154,8 @@ def main():
     if args.images:
         faces = data.load_images(args.images, args.equalize)
         probabilities = evaluation.predict_probabilities(models, faces.pixels, args.tta, args.batch_size)
-        print("file,emotion,confidence")
-        for name, row in zip(faces.ids, probabilities):
-            print(f"{name},{EMOTIONS[row.argmax()]},{row.max():.3f}")
+        rows = [(name, EMOTIONS[row.argmax()], f"{row.max():.3f}") for name, row in zip(faces.ids, probabilities)]
+        csv.writer(sys.stdout, lineterminator="\n").writerows([("file", "emotion", "confidence"), *rows])
         return
 
     rows = evaluation.submission_rows(table)

@@ -1,11 +1,11 @@
 """Figures that explain trained runs: history, confusion matrix, saliency, filters, embeddings.
 
     python report_plots.py runs/cnn-20261124-100739 runs/mobilenet-20261124-101502 --out out/figures
-    python report_plots.py --figures history,compare          # every run under runs/
+    python report_plots.py --figures history,compare          # every run directly in runs/
 
-Per run, FIG_DIR/<run name>/ gets history.png, confusion.png (+ confusion_matrix.csv,
-classification_report.csv/.md), saliency.png, filters_<layer>.png, activations_<layer>.png,
-embedding_pca.png (embedding_tsne.png with --tsne), complexity.png (+ complexity.csv/.md) and
+Per run, FIG_DIR/<run name>/ (with parent folders where two runs share a name) gets history.png,
+confusion.png (+ confusion_matrix.csv, classification_report.csv/.md), saliency.png, filters_<layer>.png,
+activations_<layer>.png, embedding_pca.png (embedding_tsne.png with --tsne), complexity.png (+ complexity.csv/.md) and
 mistakes.png. FIG_DIR/ gets parameters_vs_accuracy.png, histories.png and runs.csv/.md.
 The validation split is recreated from each run's config.json (data, val_split, split_seed).
 """
@@ -115,7 +115,7 @@ def main(argv=None):
     args = parse_args(argv)
     from fersuite import plots
 
-    runs = [plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)]
+    runs = plots.distinct_names([plots.load_run(path) for path in args.runs or plots.find_runs(args.runs_dir)])
     cache = plots.RunCache()
     options = plots.Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(plots.Options)})
     plots.check_runs(runs, args.figures, options, cache)

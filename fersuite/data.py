@@ -347,6 +347,19 @@ def load_splits(path, val_split=0.1, seed=0, equalize="auto"):
     return split_table(load_table(path, equalize=equalize), val_split, seed)
 
 
+def _eight_bit(image):
+    """A grayscale 0..255 image; 16-bit and 32-bit ones are scaled down (PIL's convert("L") clips them,
+    turning a 16-bit face almost white)."""
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image.convert("L")
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or values.max() > 255:
+        values = values / 257
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def load_images(paths, equalize="auto"):
     """Image files of any size or colour as grayscale 48x48 uint8, the model's input; histogram-equalized
     unless they already are, each judged on its own (a photo among faces from the copy is still equalized)."""
@@ -357,10 +370,8 @@ def load_images(paths, equalize="auto"):
         path = check_readable_file(path)
         try:
             with Image.open(path) as image:
-                face = (
-                    ImageOps.exif_transpose(image)
-                    .convert("L")
-                    .resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                face = _eight_bit(ImageOps.exif_transpose(image)).resize(
+                    (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR
                 )
                 faces.append(contrast.as_trained(np.asarray(face, dtype=np.uint8)[None], equalize)[0])
         except (UnidentifiedImageError, OSError, ValueError) as error:

@@ -90,8 +90,20 @@ def predict_probabilities(models, pixels, tta="none", batch_size=256, verbose=0,
             outputs = ops.convert_to_numpy(model.predict_on_batch(stacked))
         else:
             outputs = model.predict(stacked, batch_size=batch_size, verbose=verbose)
-        total += outputs.reshape(total.shape)
+        total += checked_probabilities(outputs, model, names[number] if names else None).reshape(total.shape)
     return total.mean(axis=0) / len(models)
+
+
+def checked_probabilities(outputs, model, name=None):
+    """A model's outputs, refused unless each row is a probability distribution: scores without a softmax
+    would outweigh every other model of an ensemble and print as 'confidence' 318."""
+    outputs = np.asarray(outputs)
+    if len(outputs) and (outputs.min() < -1e-3 or np.abs(outputs.sum(axis=1) - 1).max() > 1e-2):
+        raise UserError(
+            f"{name or model.name}: outputs scores, not probabilities (its last layer has no softmax); "
+            "add one, e.g. keras.layers.Softmax(), and save it again"
+        )
+    return outputs
 
 
 def accuracy(labels, probabilities):
@@ -124,9 +136,10 @@ def labeled_scores(table, probabilities):
     return scores
 
 
-def each_and_ensemble(models, pixels, tta="none", batch_size=256):
+def each_and_ensemble(models, pixels, tta="none", batch_size=256, names=None):
     """Each model's probabilities and their mean, the ensemble's: how --validation compares them."""
-    each = [predict_probabilities([model], pixels, tta, batch_size) for model in models]
+    names = names or [model.name for model in models]
+    each = [predict_probabilities([model], pixels, tta, batch_size, names=[name]) for model, name in zip(models, names)]
     return each, np.mean(each, axis=0)
 
 

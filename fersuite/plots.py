@@ -10,7 +10,7 @@ Three layers, each usable alone:
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -466,10 +466,10 @@ def predict(model, pixels, with_features=False, batch_size=256):
     """Class probabilities and, if asked, penultimate features (the input of 'logits'), one pass."""
     pixels = np.asarray(pixels, dtype="float32")
     if not with_features:
-        return model.predict(pixels, batch_size=batch_size, verbose=0), None
+        return evaluation.checked_probabilities(model.predict(pixels, batch_size=batch_size, verbose=0), model), None
     both = keras.Model(model.input, [logits_layer(model).input, model.output])
     features, probabilities = both.predict(pixels, batch_size=batch_size, verbose=0)
-    return probabilities, features.reshape(len(pixels), -1)
+    return evaluation.checked_probabilities(probabilities, model), features.reshape(len(pixels), -1)
 
 
 def saliency_maps(model, images, classes):
@@ -618,6 +618,30 @@ def load_run(path):
         history = pd.read_csv(path / "history.csv")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     return Run(path, _read_json(path / "config.json"), history, metrics)
+
+
+def distinct_names(runs):
+    """The runs, each named so that no two share an output folder or a legend entry: the directory's
+    name, with as many of its parent folders as it takes where names collide (bench.gpu_session starts
+    its runs in the same second under different folders); a directory given twice counts once."""
+    unique = list({run.path.resolve(): run for run in runs}.values())
+    depth = dict.fromkeys(range(len(unique)), 1)
+
+    def name(index):
+        run = unique[index]
+        return run.label or "/".join(run.path.resolve().parts[-depth[index] :])
+
+    while True:
+        names = [name(index) for index in depth]
+        clashing = [
+            index
+            for index, run in enumerate(unique)
+            if names.count(names[index]) > 1 and not run.label and depth[index] < len(run.path.resolve().parts) - 1
+        ]
+        if not clashing:
+            return [replace(run, label=names[index]) for index, run in enumerate(unique)]
+        for index in clashing:
+            depth[index] += 1
 
 
 def find_runs(runs_dir):
@@ -782,8 +806,8 @@ def _prediction_figures(model, run, source, split, figures, options, target):
                 target / "saliency.png", f"{run.name}: saliency maps on the {source}",
             )
         )
-    if "features" in figures and len(features) < 3:
-        print(f"{run.name}: {len(features)} images are too few for an embedding figure")
+    if "features" in figures and min(len(features), options.embedding_images) < 3:
+        print(f"{run.name}: {min(len(features), options.embedding_images)} images are too few for an embedding figure")
     elif "features" in figures:
         sample = np.sort(np.random.default_rng(options.seed).permutation(len(features))[: options.embedding_images])
         for method, label in (("pca", "PCA"), ("tsne", "t-SNE"))[: 2 if options.tsne else 1]:
@@ -842,7 +866,10 @@ def report_comparison(runs, out_dir, log=print, title=SIZE_TITLE):
     written += write_table(summary, out_dir / "runs")
     written.append(plot_parameters_vs_accuracy(summary, out_dir / "parameters_vs_accuracy.png", title))
     histories = {run.name: run.history for run in runs if run.history is not None and len(run.history)}
-    written.append(plot_histories(histories, out_dir / "histories.png"))
+    if histories:
+        written.append(plot_histories(histories, out_dir / "histories.png"))
+    else:
+        log("no run has a history.csv yet, no histories figure")
     for path in written:
         log(f"wrote {path}")
     return written

@@ -194,12 +194,18 @@ def _wrong_classes_model(directory):
     return _save(keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))), directory, "classes.keras")
 
 
+def _scores_model(directory):
+    inputs = keras.Input(INPUT_SHAPE)
+    return _save(keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs))), directory, "scores.keras")
+
+
 MODEL_CASES = [
     ("model-missing", lambda d: d / "none.keras", "no such file"),
     ("model-not-a-model", lambda d: text_file(d, "fake.keras", "not a zip"), "not a readable Keras model"),
     ("model-is-a-directory", lambda d: d, "is a directory"),
     ("model-wrong-input-shape", _wrong_input_model, "expected (48, 48, 1)"),
     ("model-wrong-classes", _wrong_classes_model, "outputs 5 classes"),
+    ("model-without-softmax", _scores_model, "scores.keras: outputs scores, not probabilities"),
 ]
 
 

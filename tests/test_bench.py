@@ -7,6 +7,8 @@ import keras
 import pandas as pd
 from conftest import PROJECT, run_script
 
+from fersuite import cli
+
 
 def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_path):
     """Run from another folder with relative paths, which the sizes' training processes must share."""
@@ -24,6 +26,8 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     again = run_script("bench/sweep.py", *args, check=True, cwd=tmp_path)
     assert "train_mobilenet.py" not in again.stdout
     assert sorted(path.parent.parent.name for path in runs_dir.glob("*/*/metrics.json")) == sorted(labels)
+    longer = run_script("bench/sweep.py", *args[1:], "--data", cli.SAMPLE, "--epochs", 2, "--dry-run", cwd=tmp_path)
+    assert longer.stdout.count("train_mobilenet.py") == 2  # 1-epoch runs do not stand in for 2-epoch ones
     unknown = run_script("bench/sweep.py", "--sizes", "mobilenet-5k,cnn-9", "--dry-run")
     assert unknown.returncode == 2 and "error: unknown size cnn-9;" in unknown.stderr
 

@@ -120,6 +120,17 @@ def test_images_any_size_and_colour_become_grayscale_48(tmp_path):
     assert faces.pixels[1].max() <= 10
 
 
+def test_a_16_bit_image_is_scaled_down_not_clipped(tmp_path):
+    from PIL import Image
+
+    face = (np.arange(48 * 48).reshape(48, 48) % 200 + 20).astype(np.uint8)
+    Image.fromarray(face, "L").save(tmp_path / "face8.png")
+    Image.fromarray(face.astype(np.uint16) * 257).save(tmp_path / "face16.png")
+    faces = data.load_images([tmp_path / "face8.png", tmp_path / "face16.png"], equalize="never")
+    np.testing.assert_array_equal(faces.pixels[1, ..., 0], face)
+    np.testing.assert_array_equal(faces.pixels[0], faces.pixels[1])
+
+
 def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
     """Phones store a picture as the sensor saw it and record the turn that shows it upright."""
     from PIL import Image

@@ -205,6 +205,27 @@ def test_too_few_images_for_an_embedding_are_skipped(report, tmp_path):
     run_dir, _ = report
     report_main([str(run_dir), "--figures", "features,mistakes", "--max-images", "2", "--out", str(tmp_path)])
     assert sorted(path.name for path in (tmp_path / run_dir.name).iterdir()) == ["mistakes.png"]
+    report_main([str(run_dir), "--figures", "features", "--embedding-images", "1", "--out", str(tmp_path / "one")])
+    assert not list((tmp_path / "one").rglob("*.png"))
+
+
+def test_runs_sharing_a_folder_name_keep_their_own_figures(report, tmp_path, monkeypatch):
+    """bench.gpu_session starts its runs in the same second, each under its own folder."""
+    import shutil
+
+    run_dir, _ = report
+    twins = [shutil.copytree(run_dir, tmp_path / "session" / name / "cnn-1") for name in ("a", "b")]
+    history = pd.read_csv(run_dir / "history.csv")
+    pd.concat([history, history.assign(epoch=2)]).to_csv(twins[1] / "history.csv", index=False)  # told apart
+    report_main([*map(str, twins), str(twins[0]), "--figures", "history,compare", "--out", str(tmp_path / "figures")])
+    assert pd.read_csv(tmp_path / "figures" / "runs.csv")["run"].tolist() == ["a/cnn-1", "b/cnn-1"]
+    assert_nonblank_png(tmp_path / "figures" / "a" / "cnn-1" / "history.png")
+    assert_nonblank_png(tmp_path / "figures" / "b" / "cnn-1" / "history.png")
+    first, second = ((tmp_path / "figures" / name / "cnn-1" / "history.png").read_bytes() for name in "ab")
+    assert first != second
+    monkeypatch.chdir(twins[0])
+    named = plots.distinct_names([plots.load_run("."), plots.load_run(run_dir)])
+    assert [run.name for run in named] == ["cnn-1", run_dir.name]
 
 
 def test_the_confusion_matrix_alone_goes_into_a_new_folder(report, tmp_path):
