@@ -24,7 +24,22 @@ def test_homework_train_layout_and_compression(tmp_path, suffix):
 def test_fer2013_layout_splits_by_usage(fer2013_csv):
     splits = data.load_splits(fer2013_csv)
     assert {name: len(split) for name, split in splits.items()} == {"train": 36, "validation": 6, "test": 6}
-    assert splits["validation"].labels is not None
+    rows = fer2013_rows(48)
+    for usage, name in data.USAGE_TO_SPLIT.items():
+        chosen = [index for index, row in enumerate(rows) if row.endswith(f",{usage}")]
+        split = splits[name]
+        assert list(split.ids) == [str(index) for index in chosen]
+        assert list(split.labels) == [int(rows[index].split(",")[0]) for index in chosen]
+        faces = [np.array(rows[index].split(",")[1].split(), dtype=np.uint8).reshape(48, 48, 1) for index in chosen]
+        np.testing.assert_array_equal(split.pixels, np.stack(faces))
+
+
+def test_a_fer2013_csv_without_its_usage_column_is_labeled_data(tmp_path):
+    rows = [row.rsplit(",", 1)[0] for row in fer2013_rows(14)]
+    table = data.load_table(write_csv(tmp_path / "fer2013.csv", "emotion,pixels", rows))
+    assert table.layout == "labeled" and list(table.labels) == [index % 7 for index in range(14)]
+    fourth = np.array(rows[3].split(",")[1].split(), np.uint8).reshape(48, 48)
+    np.testing.assert_array_equal(table.pixels[3, ..., 0], fourth)
 
 
 def test_test_layout_keeps_ids_and_has_no_labels(tmp_path):
