@@ -47,7 +47,7 @@ def main():
         default="residual",
         help="hw8 = the HW8 report's network (default: %(default)s)",
     )
-    network.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default: %(default)s)")
+    network.add_argument("--alpha", type=cli.finite, default=1.0, help="width multiplier (default: %(default)s)")
     network.add_argument(
         "--dropout", type=cli.fraction, default=None, help="before the classifier (default: 0.1 residual, 0.2 hw8)"
     )

@@ -18,7 +18,9 @@ The lent machine gives a session 15 minutes of device time in all, its start (1-
 included, and one command may run 10 minutes: so one prepared command does everything. Each run
 is an ordinary `train_<family>.py` process with `--time-budget`, which spreads the cosine schedule
 over the minutes given, so the run ends decayed whatever the chip's speed. `--minutes 7` leaves
-about 1.5 minutes for start-up, the confusion matrices and shipping within a 10-minute command.
+about 1.5 minutes for start-up, the confusion matrices and shipping within a 10-minute command;
+`--stop-by` is the safety net: runs still training then are interrupted as by Ctrl-C (each keeps its
+best model and writes its metrics) and everything is still shipped and packed.
 
 Into --out (at most 8 files come back from the machine, 16 MiB each, so at most 5 CNN and DNN
 runs): `<name>.keras` for each CNN and DNN run (shipped: float32 layers, float16 weights, no
@@ -35,6 +37,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -89,6 +92,14 @@ def parse_args():
         default=0.70,
         help="report the minutes each run took to reach this val accuracy (default: %(default)s)",
     )
+    parser.add_argument(
+        "--stop-by",
+        type=float,
+        metavar="UNIX_SECONDS",
+        help="interrupt every run still training at this time (as Ctrl-C does: each keeps its best model and "
+        "metrics), then ship and pack what there is; e.g. $(( $(date +%%s) + 520 )) at the command's start "
+        "leaves a 590 s command a minute to ship (default: none)",
+    )
     parser.add_argument("--quick", action="store_true", help="the bundled sample, tiny networks, 0.05 minutes each")
     args = parser.parse_args()
     args.runs = named_runs(args.run or ["cnn", "mobilenet"], parser)
@@ -139,6 +150,32 @@ def start_run(name, family, flags, environment, args, runs_dir, log):
     return process, reader
 
 
+def wait_for(processes, stop_by):
+    """Each run's exit status, and the names of those interrupted at stop_by (time.time() seconds)."""
+    codes, stopped = {}, []
+    for name, (process, reader) in processes.items():
+        try:
+            codes[name] = process.wait(timeout=None if stop_by is None else max(0.0, stop_by - time.time()))
+        except subprocess.TimeoutExpired:
+            for late, (other, _) in processes.items():
+                if other.poll() is None:
+                    print(f"[{late}] still training at --stop-by: interrupted, keeping its best model", flush=True)
+                    other.send_signal(signal.SIGINT)
+                    stopped.append(late)
+            codes[name] = _ended(process)
+        reader.join()
+    return codes, stopped
+
+
+def _ended(process):
+    """Wait a minute for an interrupted run to write its metrics, then kill it."""
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def newest_run(runs_dir):
     runs = sorted(path for path in Path(runs_dir).glob("*") if (path / "config.json").is_file())
     return runs[-1] if runs else None
@@ -154,7 +191,7 @@ def ship(run_dir, destination, int8):
     return subprocess.Popen(line, cwd=PROJECT)
 
 
-def summarise(name, family, flags, environment, run_dir, threshold, returncode):
+def summarise(name, family, flags, environment, run_dir, threshold, returncode, launched):
     row = {
         "name": name,
         "family": family,
@@ -176,8 +213,18 @@ def summarise(name, family, flags, environment, run_dir, threshold, returncode):
         median_epoch_seconds=round(float(history["seconds"].iloc[1:].median()), 2) if len(history) > 1 else None,
         training_minutes=round(float(history["seconds"].sum()) / 60, 2),
         minutes_to_threshold=minutes_to(history, threshold),
+        wall_minutes_to_threshold=wall_minutes_to(history, threshold, launched),
     )
     return row
+
+
+def wall_minutes_to(history, threshold, launched):
+    """Minutes from the run's launch (imports, data loading, teachers and compiles included) to the end
+    of the first epoch at threshold, or None."""
+    reached = history.index[history["val_accuracy"] >= threshold]
+    if not len(reached) or "finished_at" not in history:
+        return None
+    return round((float(history["finished_at"][reached[0]]) - launched) / 60, 2)
 
 
 def pack(runs, models, out):
@@ -209,31 +256,35 @@ def main():
         }
     out, runs_dir = Path(args.out), Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"GPU: {gpu_name() or 'none found'}; backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; "
-        f"{args.minutes:g} minutes per run",
-        flush=True,
-    )
-    started = time.perf_counter()
+    gpu = gpu_name()
+    print(f"GPU: {gpu or 'none found'}; backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; "
+          f"{args.minutes:g} minutes per run", flush=True)
+    started, launched = time.perf_counter(), time.time()
     with GpuSampler() as sampler, open(out / "runs.log", "w") as log:
         processes = {name: start_run(name, *run, args, runs_dir, log) for name, run in args.runs.items()}
-        codes = {}
-        for name, (process, reader) in processes.items():
-            codes[name] = process.wait()
-            reader.join()
+        codes, stopped = wait_for(processes, args.stop_by)
     runs = {name: newest_run(runs_dir / name) for name in args.runs}
     destinations = {
         name: (runs_dir if family in ARCHIVED else out) / f"{name}.keras" for name, (family, *_) in args.runs.items()
     }
-    shipping = {name: ship(runs[name], destinations[name], args.int8) for name in args.runs if codes[name] == 0}
+    finished = [
+        name
+        for name in args.runs
+        if codes[name] == 0 or (name in stopped and runs[name] is not None and (runs[name] / "best.keras").is_file())
+    ]
+    shipping = {name: ship(runs[name], destinations[name], args.int8) for name in finished}
     shipped = {name: process.wait() == 0 for name, process in shipping.items()}
     rows = [
-        {**summarise(name, *run, runs[name], args.threshold, codes[name]), "shipped": shipped.get(name, False)}
+        {
+            **summarise(name, *run, runs[name], args.threshold, codes[name], launched),
+            "stopped_at_deadline": name in stopped,
+            "shipped": shipped.get(name, False),
+        }
         for name, run in args.runs.items()
     ]
     pack(runs, [destinations[name] for name, done in shipped.items() if done and args.runs[name][0] in ARCHIVED], out)
     summary = {
-        "gpu": gpu_name(),
+        "gpu": gpu,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "gpu_utilisation_median_percent": sampler.second_half_median(),
         "gpu_utilisation_samples": len(sampler.samples),
@@ -241,8 +292,9 @@ def main():
     }
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
-    if any(codes.values()) or not all(shipped.values()):
-        raise SystemExit(f"a run failed: {codes}, shipped: {shipped}; see {out / 'runs.log'}")
+    failed = {name: code for name, code in codes.items() if code != 0 and name not in stopped}
+    if failed or not all(shipped.values()) or len(shipped) < len(args.runs):
+        raise SystemExit(f"a run failed: {failed}, shipped: {shipped}; see {out / 'runs.log'}")
 
 
 if __name__ == "__main__":

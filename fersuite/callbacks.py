@@ -111,6 +111,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         # ReduceLROnPlateau, which runs first, puts the epoch's rate in the logs before it lowers it
         logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         logs["seconds"] = time.perf_counter() - self._epoch_start
+        logs["finished_at"] = time.time()  # the wall clock, to line an epoch up with GPU samples or a session's start
         row = {"epoch": epoch + 1, **{key: float(value) for key, value in logs.items()}}
         self.rows.append(row)
         if not math.isfinite(logs.get("loss", 0.0)):
@@ -154,7 +155,9 @@ def budget_learning_rate(peak, epoch, warmup_epochs, epochs, progress):
     if epoch < warmup_epochs:
         return peak * (0.1 + 0.9 * epoch / warmup_epochs)
     progress = min(1.0, max(progress, epoch / epochs))
-    return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+    total = epoch / progress if progress > 0 else math.inf  # the epochs the run will have in all
+    decayed = min(1.0, (epoch - warmup_epochs) / max(1.0, total - warmup_epochs))  # from the end of the warm-up
+    return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * decayed)))
 
 
 def epoch_pace(durations):

@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def _checked(kind, accept, requirement):
 
 
 non_negative_int = _checked(int, lambda value: value >= 0, "0 or more")
-non_negative = _checked(float, lambda value: value >= 0, "0 or more")
+finite = _checked(float, math.isfinite, "a finite number")  # argparse's float takes 'nan' and 'inf'
+non_negative = _checked(float, lambda value: math.isfinite(value) and value >= 0, "0 or more")
 positive_int = _checked(int, lambda value: value >= 1, "at least 1")
 fraction = _checked(float, lambda value: 0 <= value < 1, "in [0, 1)")
 open_fraction = _checked(float, lambda value: 0 < value < 1, "between 0 and 1 (exclusive)")
@@ -261,7 +263,7 @@ def training_parser(description, defaults):
     )
     data.add_argument(
         "--resume-every",
-        type=float,
+        type=finite,
         default=60.0,
         metavar="SECONDS",
         help="save last.keras, the state --resume continues from, at most this often and at the end; "
@@ -272,7 +274,7 @@ def training_parser(description, defaults):
     optimization.add_argument("--epochs", type=positive_int, default=defaults["epochs"], help="(default: %(default)s)")
     optimization.add_argument(
         "--time-budget",
-        type=float,
+        type=finite,
         default=0.0,
         metavar="MINUTES",
         help="stop before this many minutes from the start (data loading and --teacher predictions included), "
@@ -289,7 +291,7 @@ def training_parser(description, defaults):
         help="sgd is Nesterov momentum 0.9 (default: %(default)s)",
     )
     optimization.add_argument(
-        "--lr", type=float, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)"
+        "--lr", type=finite, default=defaults.get("lr", 1e-3), help="peak learning rate (default: %(default)s)"
     )
     optimization.add_argument(
         "--weight-decay",
@@ -366,7 +368,7 @@ def training_parser(description, defaults):
     )
     distillation.add_argument(
         "--teacher-temperature",
-        type=float,
+        type=finite,
         default=defaults.get("teacher_temperature", 1.0),
         help="above 1 softens the teachers' probabilities (default: %(default)s)",
     )
@@ -413,7 +415,7 @@ def training_parser(description, defaults):
     )
     augmentation.add_argument(
         "--mixup",
-        type=float,
+        type=finite,
         default=defaults.get("mixup", 0.0),
         metavar="ALPHA",
         help="blend pairs of training images and their labels, lam ~ Beta(ALPHA, ALPHA); "

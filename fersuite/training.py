@@ -60,6 +60,9 @@ def new_run_dir(runs_dir, family):
 
 def check_config(config):
     """Flags that would only fail minutes later are refused now, with one line."""
+    for key, value in config.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
     positive = ("epochs", "batch_size")
     for key in positive:
         if config[key] < 1:
@@ -186,13 +189,14 @@ def training_inputs(config, train_split, targets, epochs_done):
     (see full_batch_order), or mixup batches when --mixup > 0 (class weights then travel as
     per-image weights, blended like the targets)."""
     weights = class_weights(train_split.labels, config["class_weight"])
-    if config.get("mixup", 0.0) <= 0:
-        rows = full_batch_order(len(train_split), config["batch_size"], np.random.default_rng(config["seed"]))
-        inputs = {"x": train_split.pixels[rows], "y": targets[rows], "batch_size": config["batch_size"]}
-        return {**inputs, "class_weight": weights, "shuffle": True}
+    # per image from its label: Keras's class_weight goes by argmax(y), a teacher's class under distillation
     sample_weights = (
         None if weights is None else np.array([weights[label] for label in train_split.labels], dtype="float32")
     )
+    if config.get("mixup", 0.0) <= 0:
+        rows = full_batch_order(len(train_split), config["batch_size"], np.random.default_rng(config["seed"]))
+        inputs = {"x": train_split.pixels[rows], "y": targets[rows], "batch_size": config["batch_size"]}
+        return {**inputs, "sample_weight": None if sample_weights is None else sample_weights[rows], "shuffle": True}
     batches = MixUpBatches(
         train_split.pixels, targets, config["batch_size"], config["mixup"], sample_weights, config["seed"], epochs_done
     )
@@ -369,13 +373,21 @@ def train(family, config, build_network, resume=None):
         state, history = {"epochs_done": 0, "best_record": None, "counters": {}}, []
     backend.make_deterministic((config["seed"] + state["epochs_done"]) % 2**31)  # a resumed run: not epoch 1's shuffles
     use_gpu = backend.gpu_available()
-    if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and use_gpu):
+    # a resumed run keeps the precision it began with: its optimizer state (loss scaling or none) must load
+    began_on_gpu = config.get("gpu", use_gpu) if resume else use_gpu
+    if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and began_on_gpu):
         keras.mixed_precision.set_dtype_policy("mixed_float16")
     train_split, validation = _labeled_splits(config)
+    if config["batch_size"] > len(train_split):  # else full_batch_order pads each batch with repeated faces
+        print(f"--batch-size {config['batch_size']} is more than the {len(train_split):,} training images: "
+              f"using {len(train_split):,}")
+        config = {**config, "batch_size": len(train_split)}
     targets = training_targets(config, train_split.pixels, train_split.labels)
     if resume:
         run_dir = Path(resume)
         model = _reopened(run_dir / "last.keras", state["epochs_done"])
+        if int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0:
+            raise UserError(f"{run_dir / 'last.keras'}: its optimizer state did not load; the run cannot continue")
     else:
         model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu)
     print(f"run directory: {run_dir}")

@@ -42,6 +42,27 @@ def test_a_family_typo_or_a_failed_training_run_ends_a_benchmark_with_one_error_
     assert "none.csv: no such file" in errors[0] and errors[1].startswith("error: train_mobilenet.py stopped with exit")
 
 
+def test_a_gpu_session_interrupts_runs_at_its_deadline_and_still_ships_them(tmp_path):
+    """A lent machine's command is killed at its limit with everything in it: --stop-by ends the runs
+    first (as Ctrl-C), so their best models, metrics and the summary still come back."""
+    import json
+    import time
+
+    out = tmp_path / "out"
+    line = [
+        sys.executable, "-m", "bench.gpu_session", "--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
+        "--run", "mobilenet --time-budget 10", "--stop-by", str(time.time() + 40),
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(line, cwd=PROJECT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert time.perf_counter() - started < 120  # not the 10 minutes the run asked for
+    assert "[mobilenet] still training at --stop-by: interrupted" in result.stdout
+    (row,) = json.loads((out / "summary.json").read_text())["runs"]
+    assert row["returncode"] == 130 and row["stopped_at_deadline"] and row["shipped"] and row["epochs"] >= 1
+    assert row["wall_minutes_to_threshold"] is None and row["best_val_accuracy"] is not None
+
+
 def test_quick_gpu_session_trains_side_by_side_and_packs_what_comes_back(tmp_path):
     import json
     import tarfile

@@ -67,6 +67,16 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert optimizer_variables(run_dir / "best.keras") == 0 < optimizer_variables(run_dir / "last.keras")
 
 
+def test_a_batch_larger_than_the_training_faces_becomes_all_of_them(train_csv, tmp_path):
+    """Not 4,096 rows padded with the same few faces repeated, a fixed skew every epoch."""
+    runs = tmp_path / "runs"
+    args = tiny_training_args("dnn", train_csv, runs, 1, "--batch-size", 4096)
+    result = run_script("train_dnn.py", *args, check=True)
+    config = json.loads((only_run(runs) / "config.json").read_text())
+    assert config["batch_size"] == config["train_rows"] == 37
+    assert "--batch-size 4096 is more than the 37 training images: using 37" in result.stdout
+
+
 def test_mobilenet_keeps_the_hw8_network_as_a_preset(train_csv, tmp_path):
     runs = tmp_path / "runs"
     run_script(
@@ -376,6 +386,40 @@ def test_a_reopened_run_keeps_its_optimizer_state_and_lowered_learning_rate(tmp_
     np.testing.assert_array_equal(reopened.get_weights()[0], model.get_weights()[0])
 
 
+def test_a_run_begun_on_a_gpu_resumes_on_a_cpu_with_its_optimizer_state(train_csv, tmp_path, monkeypatch):
+    """Mixed precision (auto) follows the machine a run began on: under another policy Keras skips the
+    saved optimizer (loss scaling or none) with a warning, and the run would restart its warm-up."""
+    import warnings
+
+    monkeypatch.syspath_prepend(str(PROJECT))
+    from train_dnn import build_network
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    real_callbacks = training._callbacks
+    monkeypatch.setattr(training.backend, "gpu_available", lambda: True)
+    monkeypatch.setattr(training, "_callbacks", lambda *args: [*real_callbacks(*args), StopAfterFirstEpoch()])
+    config = {**_tiny_config(train_csv, tmp_path / "runs", epochs=3), "mixed_precision": "auto"}
+    try:
+        with pytest.raises(SystemExit, match="130"):
+            training.train("dnn", config, build_network)
+        run_dir = only_run(tmp_path / "runs")
+        assert json.loads((run_dir / "config.json").read_text())["gpu"] is True
+        keras.mixed_precision.set_dtype_policy("float32")
+        monkeypatch.setattr(training.backend, "gpu_available", lambda: False)
+        monkeypatch.setattr(training, "_callbacks", real_callbacks)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Skipping variable loading for optimizer")
+            training.train("dnn", {}, build_network, resume=run_dir)
+        assert keras.mixed_precision.dtype_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3] and history["learning_rate"].is_monotonic_decreasing
+
+
 def test_a_run_saved_under_tensorflow_resumes_under_jax_with_xla(tmp_path):
     """load_model keeps the saving backend's jit_compile: a TensorFlow CPU run saves it off, and
     resumed under JAX it trained 100x slower. Reopened, it is compiled for the backend at hand."""
@@ -586,12 +630,25 @@ def test_same_seed_gives_the_same_history(train_csv, tmp_path):
 
 
 def test_budget_learning_rate_warms_up_then_decays_over_time_or_epochs():
+    def cosine(share):
+        return callbacks.COSINE_FLOOR + (1 - callbacks.COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * share))
+
     rates = [callbacks.budget_learning_rate(1.0, epoch, 3, 100, progress=0.0) for epoch in range(4)]
-    np.testing.assert_allclose(rates, [0.1, 0.4, 0.7, 1.0 - 0.99 * 0.5 * (1 - math.cos(math.pi * 0.03))])
+    np.testing.assert_allclose(rates, [0.1, 0.4, 0.7, 1.0])  # the peak when the warm-up ends
     by_time = [callbacks.budget_learning_rate(1.0, 10, 3, 100, progress) for progress in (0.25, 0.5, 0.75, 1.0, 1.5)]
     assert by_time == sorted(by_time, reverse=True)
-    assert by_time[1] == pytest.approx(0.505) and by_time[3] == by_time[4] == pytest.approx(callbacks.COSINE_FLOOR)
-    assert callbacks.budget_learning_rate(1.0, 50, 3, 100, progress=0.1) == pytest.approx(0.505)
+    assert by_time[1] == pytest.approx(cosine(7 / 17))  # epoch 10 of 20: 7 of the 17 after the warm-up
+    assert by_time[3] == by_time[4] == pytest.approx(callbacks.COSINE_FLOOR)
+    assert callbacks.budget_learning_rate(1.0, 50, 3, 100, progress=0.1) == pytest.approx(cosine(47 / 97))
+
+
+def test_a_budget_the_epochs_end_first_follows_the_schedule_without_a_budget():
+    config = {"schedule": "cosine", "time_budget": 0, "warmup_epochs": 3, "epochs": 10, "lr": 1.0, "optimizer": "adam"}
+    optimizer = training.build_optimizer({**config, "weight_decay": 0.0}, steps_per_epoch=1)
+    schedule = keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+    plain = [float(keras.ops.convert_to_numpy(schedule(epoch))) for epoch in range(10)]
+    budget = [callbacks.budget_learning_rate(1.0, epoch, 3, 10, progress=0.0) for epoch in range(10)]
+    np.testing.assert_allclose(budget, plain, rtol=1e-5)
 
 
 def test_budget_schedule_is_not_thrown_by_a_slow_compiling_first_epoch():
@@ -680,6 +737,19 @@ def test_seed_changes_the_weights_but_not_the_validation_faces(train_csv, tmp_pa
     assert [run["asked"] for run in seen] == [(0, "auto"), (0, "auto"), (3, "never")]
     assert seen[0]["validation"] == seen[1]["validation"] != seen[2]["validation"]
     assert not np.allclose(seen[0]["kernel"], seen[1]["kernel"])
+
+
+def test_balanced_class_weights_go_by_each_faces_label_not_its_soft_targets_top_class():
+    """Keras's class_weight weighs a row by argmax(y); distilled targets can put a teacher's class there."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    faces = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones((1, *INPUT_SHAPE), np.uint8)  # face i is i
+    targets = np.eye(NUM_CLASSES, dtype="float32")[[0, 0, 0, 0, 0, 1, 2, 2]]  # face 4: the teacher says Angry
+    config = {"class_weight": "balanced", "batch_size": 4, "seed": 0}
+    inputs = training.training_inputs(config, Split(faces, labels, np.arange(8).astype(str)), targets, 0)
+    weights = training.class_weights(labels, "balanced")
+    rows = inputs["x"][:, 0, 0, 0].astype(int)
+    assert "class_weight" not in inputs and weights[1] > weights[0]
+    np.testing.assert_allclose(inputs["sample_weight"], [weights[label] for label in labels[rows]], rtol=1e-6)
 
 
 def test_augmentation_settings_reach_the_model_and_no_augment_leaves_it_out(train_csv, tmp_path, monkeypatch):
