@@ -11,7 +11,7 @@ Each measure is an ordinary `train_<family>.py` run with `--epochs 2` and the sc
 recipe, so the figure is what a user gets; it is the second epoch's seconds from history.csv
 (the first one compiles), validation on the 2,871 held-out faces included (about 4 % of an epoch's
 multiply-adds). While it runs, `nvidia-smi` is sampled every 0.5 s; the utilisation is the median
-of the samples taken during that timed epoch. Training costs about 3x the forward multiply-adds
+of the samples taken during that timed epoch (its last 3 s at least). Training costs about 3x the forward multiply-adds
 (forward, and two products in the backward pass), so the FLOP rate is
 6 x multiply-adds per image (fersuite.complexity) x training images/s.
 """
@@ -127,18 +127,25 @@ def measure(family, precision, args, runs_dir):
         "seconds_per_epoch": round(seconds, 2),
         "first_epoch_seconds": round(float(history["seconds"].iloc[0]), 2),
         "images_per_second": round(config["train_rows"] / seconds, 1),
-        "gpu_utilisation_percent": sampler.median_between(timed_epoch_end - seconds, timed_epoch_end),
+        # at least 3 s: a DNN epoch (0.3-0.5 s on an H200) would hold one sample or none
+        "gpu_utilisation_percent": sampler.median_between(timed_epoch_end - max(seconds, 3.0), timed_epoch_end),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "multiply_adds_per_image": multiply_adds(run_dir / "best.keras"),
         "val_accuracy_last_epoch": round(float(history["val_accuracy"].iloc[-1]), 4),
     }
 
 
+def first_at(history, threshold):
+    """The index of the first epoch whose val_accuracy reached threshold, or None."""
+    reached = history.index[history["val_accuracy"] >= threshold]
+    return reached[0] if len(reached) else None
+
+
 def minutes_to(history, threshold):
     """Minutes of training (sum of epoch seconds, without data loading, teacher predictions or checkpoint
     saves) until val_accuracy first reached threshold, or None."""
-    reached = history.index[history["val_accuracy"] >= threshold]
-    return round(float(history["seconds"][: reached[0] + 1].sum()) / 60, 2) if len(reached) else None
+    reached = first_at(history, threshold)
+    return None if reached is None else round(float(history["seconds"][: reached + 1].sum()) / 60, 2)
 
 
 def time_to(threshold, run_dirs):
@@ -146,7 +153,7 @@ def time_to(threshold, run_dirs):
         history = pd.read_csv(Path(run_dir) / "history.csv")
         minutes = minutes_to(history, threshold)
         if minutes is not None:
-            first = history.index[history["val_accuracy"] >= threshold][0]
+            first = first_at(history, threshold)
             print(f"{run_dir}: val_accuracy {history['val_accuracy'][first]:.4f} >= {threshold} at epoch "
                   f"{history['epoch'][first]}, {minutes:.2f} min of training")
         else:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.gpu import FAMILIES, GpuSampler, gpu_name, minutes_to
+from bench.gpu import FAMILIES, GpuSampler, first_at, gpu_name, minutes_to
 from fersuite.atomic import atomic_path, write_json
 from fersuite.cli import PROJECT, SAMPLE, absolute_path, module_prog
 
@@ -97,12 +97,14 @@ def parse_args():
         type=float,
         metavar="UNIX_SECONDS",
         help="interrupt every run still training at this time (as Ctrl-C does: each keeps its best model and "
-        "metrics), then ship and pack what there is; e.g. $(( $(date +%%s) + 520 )) at the command's start "
-        "leaves a 590 s command a minute to ship (default: none)",
+        "metrics; 30 s later, killed), then ship and pack what there is; e.g. $(( $(date +%%s) + 520 )) at "
+        "the command's start leaves a 590 s command 70 s (default: none)",
     )
     parser.add_argument("--quick", action="store_true", help="the bundled sample, tiny networks, 0.05 minutes each")
     args = parser.parse_args()
     args.runs = named_runs(args.run or ["cnn", "mobilenet"], parser)
+    if args.stop_by is not None and args.stop_by <= time.time():
+        parser.error(f"--stop-by {args.stop_by:.0f} has passed: give a time to come, in Unix seconds")
     return args
 
 
@@ -150,30 +152,31 @@ def start_run(name, family, flags, environment, args, runs_dir, log):
     return process, reader
 
 
-def wait_for(processes, stop_by):
-    """Each run's exit status, and the names of those interrupted at stop_by (time.time() seconds)."""
+def wait_for(processes, stop_by, grace=30.0):
+    """Each run's exit status, and the names of those interrupted at stop_by (time.time() seconds): each
+    gets one SIGINT, as Ctrl-C (a second would cut its metrics short), and `grace` seconds, shared, to
+    write its metrics before it is killed."""
     codes, stopped = {}, []
-    for name, (process, reader) in processes.items():
+    for name, (process, _) in processes.items():
         try:
             codes[name] = process.wait(timeout=None if stop_by is None else max(0.0, stop_by - time.time()))
         except subprocess.TimeoutExpired:
-            for late, (other, _) in processes.items():
-                if other.poll() is None:
-                    print(f"[{late}] still training at --stop-by: interrupted, keeping its best model", flush=True)
-                    other.send_signal(signal.SIGINT)
-                    stopped.append(late)
-            codes[name] = _ended(process)
+            break
+    for name, (process, _) in processes.items():
+        if name not in codes and process.poll() is None:
+            print(f"[{name}] still training at --stop-by: interrupted, keeping its best model", flush=True)
+            process.send_signal(signal.SIGINT)
+            stopped.append(name)
+    killed_at = time.time() + grace
+    for name, (process, reader) in processes.items():
+        if name not in codes:
+            try:
+                codes[name] = process.wait(timeout=max(0.0, killed_at - time.time()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
         reader.join()
     return codes, stopped
-
-
-def _ended(process):
-    """Wait a minute for an interrupted run to write its metrics, then kill it."""
-    try:
-        return process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 def newest_run(runs_dir):
@@ -221,10 +224,10 @@ def summarise(name, family, flags, environment, run_dir, threshold, returncode, 
 def wall_minutes_to(history, threshold, launched):
     """Minutes from the run's launch (imports, data loading, teachers and compiles included) to the end
     of the first epoch at threshold, or None."""
-    reached = history.index[history["val_accuracy"] >= threshold]
-    if not len(reached) or "finished_at" not in history:
+    reached = first_at(history, threshold)
+    if reached is None or "finished_at" not in history:
         return None
-    return round((float(history["finished_at"][reached[0]]) - launched) / 60, 2)
+    return round((float(history["finished_at"][reached]) - launched) / 60, 2)
 
 
 def pack(runs, models, out):
@@ -293,8 +296,9 @@ def main():
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     failed = {name: code for name, code in codes.items() if code != 0 and name not in stopped}
-    if failed or not all(shipped.values()) or len(shipped) < len(args.runs):
-        raise SystemExit(f"a run failed: {failed}, shipped: {shipped}; see {out / 'runs.log'}")
+    unshipped = [name for name in args.runs if not shipped.get(name)]
+    if failed or unshipped:
+        raise SystemExit(f"runs failed: {failed}; not shipped: {unshipped}; see {out / 'runs.log'}")
 
 
 if __name__ == "__main__":

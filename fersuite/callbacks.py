@@ -111,8 +111,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         # ReduceLROnPlateau, which runs first, puts the epoch's rate in the logs before it lowers it
         logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         logs["seconds"] = time.perf_counter() - self._epoch_start
-        logs["finished_at"] = time.time()  # the wall clock, to line an epoch up with GPU samples or a session's start
         row = {"epoch": epoch + 1, **{key: float(value) for key, value in logs.items()}}
+        row["finished_at"] = time.time()  # the clock, to line an epoch up with GPU samples or a session's start
         self.rows.append(row)
         if not math.isfinite(logs.get("loss", 0.0)):
             self.diverged_epoch = epoch + 1

@@ -348,8 +348,8 @@ def load_splits(path, val_split=0.1, seed=0, equalize="auto"):
 
 
 def _eight_bit(image):
-    """A grayscale 0..255 image; 16-bit and 32-bit ones are scaled down (PIL's convert("L") clips them,
-    turning a 16-bit face almost white)."""
+    """A grayscale 0..255 image; a 16-bit one (PIL mode I;16, or I holding values above 255) is scaled
+    down, as PIL's convert("L") clips it, turning the face almost white."""
     from PIL import Image
 
     if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):

@@ -806,8 +806,9 @@ def _prediction_figures(model, run, source, split, figures, options, target):
                 target / "saliency.png", f"{run.name}: saliency maps on the {source}",
             )
         )
-    if "features" in figures and min(len(features), options.embedding_images) < 3:
-        print(f"{run.name}: {min(len(features), options.embedding_images)} images are too few for an embedding figure")
+    embedded = 0 if features is None else min(len(features), options.embedding_images)
+    if "features" in figures and embedded < 3:
+        print(f"{run.name}: {embedded} images are too few for an embedding figure")
     elif "features" in figures:
         sample = np.sort(np.random.default_rng(options.seed).permutation(len(features))[: options.embedding_images])
         for method, label in (("pca", "PCA"), ("tsne", "t-SNE"))[: 2 if options.tsne else 1]:

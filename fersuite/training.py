@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -186,8 +187,8 @@ def class_weights(labels, mode):
 
 def training_inputs(config, train_split, targets, epochs_done):
     """model.fit's training arguments: the arrays, padded with a few repeated faces to whole batches
-    (see full_batch_order), or mixup batches when --mixup > 0 (class weights then travel as
-    per-image weights, blended like the targets)."""
+    (see full_batch_order), or mixup batches when --mixup > 0; class weights travel as per-image
+    weights from each face's label (blended like the targets under mixup)."""
     weights = class_weights(train_split.labels, config["class_weight"])
     # per image from its label: Keras's class_weight goes by argmax(y), a teacher's class under distillation
     sample_weights = (
@@ -328,6 +329,19 @@ def _reopened(path, epochs_done):
     return model
 
 
+def _reopened_whole(path, epochs_done):
+    """_reopened, refused when Keras skips the saved optimizer (it only warns): the run would go on
+    without its moments, from the start of its schedule."""
+    with warnings.catch_warnings(record=True) as caught:  # only what the filters let through, as shown before
+        warnings.filterwarnings("always", message="Skipping variable loading for optimizer")
+        model = _reopened(path, epochs_done)
+    for warning in caught:
+        if "Skipping variable loading for optimizer" in str(warning.message):
+            raise UserError(f"{path}: its optimizer state did not load ({warning.message}); the run cannot continue")
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return model
+
+
 def _labeled_splits(config):
     splits = load_splits(config["data"], config["val_split"], split_seed(config), equalize_mode(config))
     missing = [name for name in ("train", "validation") if name not in splits]
@@ -385,9 +399,7 @@ def train(family, config, build_network, resume=None):
     targets = training_targets(config, train_split.pixels, train_split.labels)
     if resume:
         run_dir = Path(resume)
-        model = _reopened(run_dir / "last.keras", state["epochs_done"])
-        if int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0:
-            raise UserError(f"{run_dir / 'last.keras'}: its optimizer state did not load; the run cannot continue")
+        model = _reopened_whole(run_dir / "last.keras", state["epochs_done"])
     else:
         model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu)
     print(f"run directory: {run_dir}")

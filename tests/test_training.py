@@ -20,6 +20,7 @@ from conftest import (
     PROJECT,
     faces_csv,
     labeled_rows,
+    numbered_faces,
     only_run,
     raw_faces,
     run_script,
@@ -742,7 +743,7 @@ def test_seed_changes_the_weights_but_not_the_validation_faces(train_csv, tmp_pa
 def test_balanced_class_weights_go_by_each_faces_label_not_its_soft_targets_top_class():
     """Keras's class_weight weighs a row by argmax(y); distilled targets can put a teacher's class there."""
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
-    faces = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones((1, *INPUT_SHAPE), np.uint8)  # face i is i
+    faces = numbered_faces(8)
     targets = np.eye(NUM_CLASSES, dtype="float32")[[0, 0, 0, 0, 0, 1, 2, 2]]  # face 4: the teacher says Angry
     config = {"class_weight": "balanced", "batch_size": 4, "seed": 0}
     inputs = training.training_inputs(config, Split(faces, labels, np.arange(8).astype(str)), targets, 0)
@@ -770,8 +771,8 @@ def test_augmentation_settings_reach_the_model_and_no_augment_leaves_it_out(trai
 
 
 def test_fit_gets_each_faces_own_target_and_the_teachers_soft_ones(train_csv, tmp_path, monkeypatch):
-    """Face i is the constant i, so every row fit sees can be matched to the target it must carry."""
-    faces = (np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, *INPUT_SHAPE), np.uint8))
+    """Every row fit sees is matched to the target its face must carry."""
+    faces = numbered_faces(10)
     split = Split(faces, np.arange(10) % NUM_CLASSES, np.arange(10).astype(str))
     targets = np.random.default_rng(0).dirichlet(np.ones(NUM_CLASSES), 10).astype("float32")
     inputs = training.training_inputs({"class_weight": "none", "batch_size": 4, "seed": 0}, split, targets, 0)
