@@ -462,14 +462,16 @@ def check_face(split, options):
         raise UserError(f"--face {options.face} is outside the {options.split} split's 0..{len(split) - 1}")
 
 
-def predict(model, pixels, with_features=False, batch_size=256):
-    """Class probabilities and, if asked, penultimate features (the input of 'logits'), one pass."""
+def predict(model, pixels, with_features=False, batch_size=256, name=None):
+    """Class probabilities and, if asked, penultimate features (the input of 'logits'), one pass;
+    `name` (the model's file) is what an error names."""
     pixels = np.asarray(pixels, dtype="float32")
     if not with_features:
-        return evaluation.checked_probabilities(model.predict(pixels, batch_size=batch_size, verbose=0), model), None
+        probabilities = model.predict(pixels, batch_size=batch_size, verbose=0)
+        return evaluation.checked_probabilities(probabilities, model, name), None
     both = keras.Model(model.input, [logits_layer(model).input, model.output])
     features, probabilities = both.predict(pixels, batch_size=batch_size, verbose=0)
-    return evaluation.checked_probabilities(probabilities, model), features.reshape(len(pixels), -1)
+    return evaluation.checked_probabilities(probabilities, model, name), features.reshape(len(pixels), -1)
 
 
 def saliency_maps(model, images, classes):
@@ -775,7 +777,7 @@ def report_run(run, out_dir, figures, options=None, cache=None, log=print):
 
 def _prediction_figures(model, run, source, split, figures, options, target):
     paths = []
-    probabilities, features = predict(model, split.pixels, "features" in figures, options.batch_size)
+    probabilities, features = predict(model, split.pixels, "features" in figures, options.batch_size, run.model_path)
     predictions = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     if "confusion" in figures:

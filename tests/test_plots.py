@@ -209,6 +209,19 @@ def test_too_few_images_for_an_embedding_are_skipped(report, tmp_path):
     assert not list((tmp_path / "one").rglob("*.png"))
 
 
+def test_a_run_whose_model_has_no_softmax_is_refused_by_name(report, tmp_path):
+    import shutil
+
+    from fersuite.errors import UserError
+
+    run_dir = shutil.copytree(report[0], tmp_path / "cnn-1")
+    inputs = keras.Input(INPUT_SHAPE)
+    keras.Model(inputs, layers.Dense(NUM_CLASSES)(layers.Flatten()(inputs))).save(run_dir / "best.keras")
+    with pytest.raises(UserError, match="best.keras: outputs scores, not probabilities"):
+        report_main([str(run_dir), "--figures", "confusion", "--out", str(tmp_path / "figures")])
+    assert not list((tmp_path / "figures").rglob("*.png"))
+
+
 def test_runs_sharing_a_folder_name_keep_their_own_figures(report, tmp_path, monkeypatch):
     """bench.gpu_session starts its runs in the same second, each under its own folder."""
     import shutil
