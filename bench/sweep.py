@@ -69,16 +69,14 @@ def parse_args():
     return args
 
 
-def finished_run(runs_dir, label, args):
-    """The newest finished (not interrupted) run of one size on this --data for this many --epochs; each
-    size has its own runs folder, where a --quick run must not stand in for a full one."""
-    from fersuite.data import file_digest
-
-    digest = file_digest(args.data) if Path(args.data).is_file() else None
+def finished_run(runs_dir, label, digest, epochs):
+    """The newest finished (not interrupted) run of one size on the data with this content digest for
+    this many epochs; each size has its own runs folder, where a --quick run must not stand in for a
+    full one."""
     for metrics_path in sorted((Path(runs_dir) / label).glob("*/metrics.json"), reverse=True):
         config_path = metrics_path.parent / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        same = (config.get("data_digest"), config.get("epochs")) == (digest, args.epochs)
+        same = (config.get("data_digest"), config.get("epochs")) == (digest, epochs)
         if same and not json.loads(metrics_path.read_text()).get("interrupted"):
             return metrics_path.parent
     return None
@@ -101,18 +99,21 @@ def command(family, label, flags, args):
 
 def run_sizes(args):
     """Train each missing size; returns (label, run directory) of all sizes, in SIZES order."""
+    from fersuite.data import file_digest
+
+    digest = file_digest(args.data) if Path(args.data).is_file() else None  # once: train.csv.xz is 63 MB
     sizes = []
     for family, label, flags in SIZES:
         if family not in args.families or label not in args.sizes:
             continue
-        run_dir = finished_run(args.runs_dir, label, args)
+        run_dir = finished_run(args.runs_dir, label, digest, args.epochs)
         if run_dir is None:
             line = command(family, label, flags, args)
             print(" ".join(line), flush=True)
             if args.dry_run:
                 continue
             cli.run_script(line)
-            run_dir = finished_run(args.runs_dir, label, args)
+            run_dir = finished_run(args.runs_dir, label, digest, args.epochs)
         sizes.append((label, run_dir))
     return sizes
 
