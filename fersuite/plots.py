@@ -626,22 +626,18 @@ def distinct_names(runs):
     """The runs, each named so that no two share an output folder or a legend entry: the directory's
     name, with as many of its parent folders as it takes where names collide (bench.gpu_session starts
     its runs in the same second under different folders); a directory given twice counts once."""
-    unique = list({run.path.resolve(): run for run in runs}.values())
-    depth = dict.fromkeys(range(len(unique)), 1)
-
-    def name(index):
-        run = unique[index]
-        return run.label or "/".join(run.path.resolve().parts[-depth[index] :])
-
+    unique = {run.path.resolve(): run for run in runs}
+    parts = [path.parts for path in unique]
+    depth = [1] * len(parts)
     while True:
-        names = [name(index) for index in depth]
+        names = [run.label or "/".join(parts[index][-depth[index] :]) for index, run in enumerate(unique.values())]
         clashing = [
             index
-            for index, run in enumerate(unique)
-            if names.count(names[index]) > 1 and not run.label and depth[index] < len(run.path.resolve().parts) - 1
+            for index, run in enumerate(unique.values())
+            if names.count(names[index]) > 1 and not run.label and depth[index] < len(parts[index]) - 1
         ]
         if not clashing:
-            return [replace(run, label=names[index]) for index, run in enumerate(unique)]
+            return [replace(run, label=name) for run, name in zip(unique.values(), names)]
         for index in clashing:
             depth[index] += 1
 
