@@ -242,8 +242,10 @@ def spread(rates):
     )
 
 
-def ratio(numerator, denominator):
-    """'a / b' of median images/s, and of median images per CPU-second in brackets."""
+def ratio(numerator, denominator, target=None):
+    """'a / b' of median images/s, and of median images per CPU-second in brackets; with a target,
+    whether the images/s ratio reaches it."""
     wall = median_rate(numerator) / median_rate(denominator)
     cpu = median_cpu_rate(numerator) / median_cpu_rate(denominator)
-    return f"{wall:.2f} (per CPU-second {cpu:.2f})"
+    verdict = "" if target is None else f", target >= {target:g}: {'met' if wall >= target else 'MISSED'}"
+    return f"{wall:.2f} (per CPU-second {cpu:.2f}){verdict}"

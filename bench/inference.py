@@ -15,8 +15,9 @@ not depend on the weights, only on the network.
                batch 256) on --images faces from the test CSV
   single       one face per call, --single-calls calls, three ways: predict_probabilities (what
                predict.py does for one image file), model.predict_on_batch and model(x); with
-               flip or zoom, each call runs the model on each view of the face and averages
-A warm-up call of each kind comes first (tracing). Every figure is the median of --rounds rounds
+               flip or zoom, every way runs the model once on the face's views stacked, as
+               predict_probabilities does, and averages, so the ways differ only in the call
+A warm-up of each measure, on the same faces, comes first (tracing). Every figure is the median of --rounds rounds
 in which all of them take turns, so a change in the machine's load falls on all of them.
 """
 
@@ -47,10 +48,11 @@ def saved_and_loaded(family, directory, cnn_parameters):
 
 
 def averaged_views(run):
-    """Single-image TTA: one call per view, then the mean of the probabilities."""
+    """Single-image TTA: one call on the stacked views, then the mean of their probabilities."""
 
     def predict(face, tta):
-        return np.mean([np.asarray(run(view.astype("float32"))) for view in tta_views(face, tta)], axis=0)
+        views = np.concatenate(tta_views(face, tta)).astype("float32")
+        return np.asarray(run(views)).reshape(-1, len(face), NUM_CLASSES).mean(axis=0)
 
     return predict
 
@@ -64,7 +66,7 @@ def single_image_ways(model):
 
 
 def batch_rate(model, pixels, tta, batch_size):
-    predict_probabilities([model], pixels[:batch_size], tta, batch_size)
+    predict_probabilities([model], pixels, tta, batch_size)  # the timed call's path, last batch included
     return common.timed(lambda: predict_probabilities([model], pixels, tta, batch_size), len(pixels))
 
 
