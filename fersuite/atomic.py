@@ -8,6 +8,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 
 @contextmanager
 def atomic_path(path, suffix=None):
@@ -68,10 +70,16 @@ def save_model(model, path, include_optimizer=True, float16=False, entries=None)
                 archive.writestr(name, text)
 
 
+def _fits_float16(values):
+    """A float32 array float16 can hold: not one whose values pass 65,504, such as the scale
+    (127 / max |w|) of an int8 Dense unit whose weights are all below 0.002, which would become inf."""
+    return values.dtype == np.float32 and not np.abs(values).max(initial=0) > np.finfo(np.float16).max
+
+
 def _store_weights_as_float16(path):
-    """Rewrite the archive's model.weights.h5 with every float32 array stored as float16."""
+    """Rewrite the archive's model.weights.h5 with every float32 array stored as float16, except
+    the few whose values float16 cannot hold."""
     import h5py
-    import numpy as np
 
     def convert(source):
         converted = io.BytesIO()
@@ -81,7 +89,7 @@ def _store_weights_as_float16(path):
             def copy(name, item):
                 if isinstance(item, h5py.Dataset):
                     values = item[()]
-                    new.create_dataset(name, data=values.astype(np.float16) if values.dtype == np.float32 else values)
+                    new.create_dataset(name, data=values.astype(np.float16) if _fits_float16(values) else values)
                 else:
                     new.require_group(name)
                 new[name].attrs.update(item.attrs)

@@ -28,12 +28,20 @@ def preprocessing_layers(
     if augment:
         stack.append(RandomAffine(**augment, seed=seed, name="augment"))
     if erasing > 0:
-        stack.append(RandomErasing(erasing, seed=seed, name="random_erasing"))
+        stack.append(RandomErasing(erasing, seed=_second_seed(seed), name="random_erasing"))
     if normalization == "featurewise":
         stack.append(layers.Rescaling(1.0 / std, offset=-mean / std, name="normalize"))
     else:
         stack.append(layers.Rescaling(1.0 / 255, name="rescale"))
     return stack
+
+
+def _second_seed(seed):
+    """A seed for a second random layer whose draws share none of the first's: with one seed both
+    would draw the same numbers in step: with no flip, a face was erased exactly when its vertical
+    shift had one sign, and the patch's size followed the rotation.
+    (Not seed + 1: torch seeds from the sum of a SeedGenerator's two state numbers.)"""
+    return None if seed is None else (seed + 2**30) % 2**31
 
 
 def _inputs(input_shape, preprocessing):
@@ -161,7 +169,7 @@ def build_mobilenet(
         x = layers.ReLU(name=f"stem_act{index}")(x)
     for stage, width in enumerate(stages, start=1):
         width = _scaled(width, alpha)
-        shortcut = layers.AveragePooling2D(2, name=f"stage{stage}_shortcut_pool")(x)
+        shortcut = layers.AveragePooling2D(2, padding="same", name=f"stage{stage}_shortcut_pool")(x)
         shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"stage{stage}_shortcut_conv")(shortcut)
         shortcut = layers.BatchNormalization(name=f"stage{stage}_shortcut_bn")(shortcut)
         for block in range(1, blocks_per_stage + 1):

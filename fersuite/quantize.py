@@ -121,7 +121,7 @@ def quantize_convolutions(model, bits=8):
         quantized = copy.get_layer(original.name)
         if isinstance(quantized, Int8Conv2D):
             quantized.set_float_weights(
-                np.asarray(original.kernel), None if original.bias is None else np.asarray(original.bias)
+                _numpy(original.kernel), None if original.bias is None else _numpy(original.bias)
             )
         else:
             quantized.set_weights(original.get_weights())
@@ -142,12 +142,18 @@ def float_weights(layer):
     So that `--init-from` can continue training a shipped model: its Conv2D and Dense kernels
     may be int8 or 4-bit codes times a scale, which a freshly built network cannot take as they are."""
     if isinstance(layer, Int8Conv2D):
-        kernel = np.asarray(layer.kernel, dtype="float32")
+        kernel = _numpy(layer.kernel)
     elif isinstance(layer, layers.Dense) and layer.dtype_policy.quantization_mode == "int8":
         kernel = (
-            np.asarray(layer.kernel, dtype="float32")  # int8 codes
-            / np.asarray(layer.kernel_scale, dtype="float32")
+            _numpy(layer.kernel)  # int8 codes
+            / _numpy(layer.kernel_scale)
         )
     else:
         return layer.get_weights()
-    return [kernel] + ([np.asarray(layer.bias)] if layer.bias is not None else [])
+    return [kernel] + ([_numpy(layer.bias)] if layer.bias is not None else [])
+
+
+def _numpy(tensor):
+    """A float32 array of a variable or of a kernel computed on the fly: np.asarray cannot read a
+    torch tensor that lives on a GPU."""
+    return np.asarray(ops.convert_to_numpy(tensor), dtype="float32")

@@ -1,5 +1,7 @@
 """The builders express the reports' networks exactly and size the DNN to a budget."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -109,6 +111,23 @@ def test_random_erasing_blanks_one_rectangle_to_the_faces_mean():
     assert (area > 0).all() and area.max() <= 0.3 and area.mean() > 0.03
     half = np.asarray(RandomErasing(0.5, seed=1)(images, training=True))
     assert 16 <= (half != images).any(axis=(1, 2, 3)).sum() <= 48
+
+
+def test_augmentation_and_erasing_draw_different_numbers_from_one_seed():
+    """One seed for both layers once made their draws equal: with no flip (five draws a step each)
+    a face was erased exactly when it was shifted up."""
+    settings = {"rotation_range": 10, "width_shift_range": 0.1, "height_shift_range": 0.1, "zoom_range": 0.1}
+    augment, erasing = models.preprocessing_layers(augment=settings, erasing=0.5, seed=3)[:2]
+    draws = [np.asarray(keras.random.uniform((64,), seed=layer.seed_generator)) for layer in (augment, erasing)]
+    assert np.abs(draws[0] - draws[1]).max() > 0.1
+
+
+def test_a_fifth_mobilenet_stage_adds_a_shortcut_of_its_own_size():
+    """The fifth stage meets a 3x3 map: its shortcut pooled to 1x1 was broadcast over the 2x2 main path."""
+    model = models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, stages=(8, 8, 8, 8, 8), alpha=0.5)
+    for stage in range(1, 6):
+        main, shortcut = (model.get_layer(f"stage{stage}_{name}").output.shape[1:3] for name in ("pool", "shortcut_bn"))
+        assert main == shortcut == (math.ceil(48 / 2**stage),) * 2
 
 
 def test_models_with_augmentation_survive_a_save_and_load(tmp_path):

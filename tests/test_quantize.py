@@ -10,7 +10,7 @@ import pytest
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, evaluation, models, training
 from fersuite.atomic import save_model
-from fersuite.quantize import INT4_MAX, INT8_MAX, Int4Conv2D, Int8Conv2D, quantize_convolutions
+from fersuite.quantize import INT4_MAX, INT8_MAX, Int4Conv2D, Int8Conv2D, float_weights, quantize_convolutions
 from fersuite.ship import ship
 
 
@@ -88,6 +88,22 @@ def test_int8_ship_halves_a_cnn_and_predicts_like_it(tmp_path):
     shipped = evaluation.load_model(quartered).predict(faces, verbose=0)
     np.testing.assert_allclose(shipped, original, atol=2e-2)
     assert (shipped.argmax(axis=1) == original.argmax(axis=1)).mean() >= 0.9
+
+
+def test_an_int8_dense_unit_of_tiny_weights_keeps_them(tmp_path):
+    """Its scale, 127 / max |w|, passes float16's 65,504 below |w| = 0.002: stored as float16 it was inf,
+    and the unit's output 0."""
+    model = small_cnn()
+    dense = model.get_layer("dense1")
+    kernel = np.asarray(dense.kernel).copy()
+    kernel[:, 0] *= 1e-3 / np.abs(kernel[:, 0]).max()
+    dense.kernel.assign(kernel)
+    source, shipped = tmp_path / "best.keras", tmp_path / "cnn8.keras"
+    save_model(model, source, include_optimizer=False)
+    ship(source, shipped, int8=True)
+    restored = float_weights(evaluation.load_model(shipped).get_layer("dense1"))[0]
+    assert np.isfinite(restored).all()
+    np.testing.assert_allclose(restored[:, 0], kernel[:, 0], atol=1e-3 / INT8_MAX)
 
 
 def test_int4_ship_halves_the_int8_kernels_again_and_also_takes_an_int8_file(tmp_path):
