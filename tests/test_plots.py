@@ -334,3 +334,102 @@ def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
             plots.Run(tmp_path / name, {"data": str(data), **config}, None, {}), plots.Options(), log=warnings.append
         )
     assert len(warnings) == 1 and "other" in warnings[0]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The Figure each plot_* function draws, kept instead of saved, so its content can be read."""
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path, **options: figures.append(figure))
+    return figures
+
+
+def _panel(figure, title_start):
+    return next(axis for axis in figure.axes if axis.get_title().startswith(title_start))
+
+
+def _line(axis, label):
+    return next(line for line in axis.get_lines() if line.get_label() == label)
+
+
+def test_history_figure_draws_each_curve_and_stars_the_best_epoch(drawn, tmp_path):
+    history = pd.DataFrame({
+        "epoch": [1, 2, 3, 4],
+        "accuracy": [0.3, 0.4, 0.5, 0.6], "val_accuracy": [0.35, 0.5, 0.45, 0.48],
+        "loss": [1.9, 1.6, 1.4, 1.2], "val_loss": [1.8, 1.5, 1.55, 1.52],
+    })
+    plots.plot_history(history, tmp_path / "history.png", "run")
+    for metric in ("accuracy", "loss"):
+        axis = _panel(drawn[0], metric)
+        assert _line(axis, "train").get_ydata().tolist() == history[metric].tolist()
+        assert _line(axis, "validation").get_ydata().tolist() == history[f"val_{metric}"].tolist()
+        star = _line(axis, "best epoch 2")
+        assert (star.get_xdata()[0], star.get_ydata()[0]) == (2, history[f"val_{metric}"][1])
+    assert _panel(drawn[0], "accuracy").get_title() == "accuracy (validation 0.500 at the best epoch)"
+
+
+def test_confusion_figure_writes_each_count_in_its_cell(drawn, tmp_path):
+    labels, predictions = np.array([0, 0, 0, 3, 3, 6]), np.array([0, 3, 3, 3, 6, 6])
+    matrix = evaluation.confusion_frame(labels, predictions).to_numpy()
+    plots.plot_confusion(matrix, tmp_path / "confusion.png", "run")
+    figure = drawn[0]
+    for title, expected in (("counts", [["1", "0", "0", "2"], ["0", "0", "0", "1"]]),
+                            ("row-normalized", [["0.33", "0.00", "0.00", "0.67"], ["0.00", "0.00", "0.00", "0.50"]])):
+        axis = _panel(figure, title)
+        cells = {tuple(map(int, text.get_position())): text.get_text() for text in axis.texts}
+        assert len(cells) == NUM_CLASSES**2
+        assert [cells[(column, 0)] for column in range(4)] == expected[0]  # Angry's row
+        assert [cells[(column, 3)] for column in (0, 1, 2, 6)] == expected[1]  # Happy's row
+        assert [label.get_text() for label in axis.get_yticklabels()] == list(EMOTIONS)
+        assert (axis.get_xlabel(), axis.get_ylabel()) == ("predicted", "true")
+    assert figure.get_suptitle() == "run: 6 images, accuracy 0.500"
+
+
+def test_size_figure_puts_each_run_at_its_parameters_and_accuracy(drawn, tmp_path):
+    summary = pd.DataFrame({
+        "run": ["cnn-a", "cnn-b", "mobilenet-a"], "family": ["cnn", "cnn", "mobilenet"],
+        "parameters": [30_000, 5_900_000, 60_000], "best_val_accuracy": [0.55, 0.69, 0.63],
+    })
+    plots.plot_parameters_vs_accuracy(summary, tmp_path / "size.png")
+    axis = drawn[0].axes[0]
+    assert axis.get_xscale() == "log"
+    points = {label: collection.get_offsets().tolist()
+              for collection, label in zip(axis.collections, axis.get_legend_handles_labels()[1])}
+    assert points == {"cnn": [[30_000, 0.55], [5_900_000, 0.69]], "mobilenet": [[60_000, 0.63]]}
+    names = {text.get_text(): text.xy for text in axis.texts}
+    assert names == {"cnn-a": (30_000, 0.55), "cnn-b": (5_900_000, 0.69), "mobilenet-a": (60_000, 0.63)}
+
+
+def test_histories_figure_has_a_validation_line_and_a_dashed_train_line_per_run(drawn, tmp_path):
+    first = pd.DataFrame({"epoch": [1, 2], "accuracy": [0.3, 0.4], "val_accuracy": [0.35, 0.45],
+                          "loss": [1.9, 1.7], "val_loss": [1.8, 1.6]})
+    second = first.assign(val_accuracy=[0.2, 0.6], accuracy=[0.25, 0.5])
+    plots.plot_histories({"first": first, "second": second}, tmp_path / "histories.png")
+    axis = _panel(drawn[0], "accuracy")
+    solid = {line.get_label(): line.get_ydata().tolist() for line in axis.get_lines() if line.get_linestyle() == "-"}
+    dashed = [line.get_ydata().tolist() for line in axis.get_lines() if line.get_linestyle() == "--"]
+    assert solid == {"first": [0.35, 0.45], "second": [0.2, 0.6]}
+    assert dashed == [[0.3, 0.4], [0.25, 0.5]]
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == ["first", "second"]
+
+
+def test_face_grids_title_each_face_and_mark_wrong_ones(drawn, tmp_path):
+    faces = np.zeros((2, *INPUT_SHAPE), dtype="uint8")
+    true, predicted, confidence = np.array([3, 0]), np.array([3, 6]), np.array([0.91, 0.55])
+    plots.plot_mistakes(faces, true, predicted, confidence, tmp_path / "mistakes.png", "run")
+    plots.plot_saliency(faces, np.ones((2, 48, 48)), true, predicted, confidence, tmp_path / "saliency.png", "run")
+    mistakes, saliency = ([axis.title for axis in figure.axes if axis.get_title()] for figure in drawn)
+    expected = ["true Happy\npred Happy 0.91", "true Angry\npred Neutral 0.55"]
+    assert [title.get_text() for title in mistakes] == expected
+    assert [title.get_text() for title in saliency] == expected
+    assert [title.get_color() for title in saliency] == ["black", "tab:red"]
+
+
+def test_embedding_legend_counts_each_emotion(drawn, tmp_path):
+    labels = np.array([0, 0, 3, 6, 6, 6])
+    points = np.arange(12, dtype="float32").reshape(6, 2)
+    plots.plot_embedding(points, labels, tmp_path / "embedding.png", "run", ("PC 1", "PC 2"))
+    axis = drawn[0].axes[0]
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert legend == [f"{emotion} ({count})" for emotion, count in zip(EMOTIONS, [2, 0, 0, 1, 0, 0, 3])]
+    assert axis.collections[6].get_offsets().tolist() == points[3:].tolist()
