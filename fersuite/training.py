@@ -38,6 +38,8 @@ from fersuite.data import check_readable_file, equalize_mode, file_digest, load_
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
 
+OPTIMIZERS = ("Adam", "AdamW", "SGD")  # what build_optimizer makes, by Keras's class names
+
 
 def new_run_dir(runs_dir, family):
     """A fresh directory per run, named by family and start time; never an existing one."""
@@ -317,10 +319,13 @@ def _reopened(path, epochs_done):
 
     load_model restores the compile settings as the saving backend resolved them (XLA off under
     TensorFlow on a CPU, on under JAX: a TensorFlow run resumed under JAX trained 100x slower), so
-    the model is compiled again with its own optimizer, state and all. Keras saves no layer's place
-    in its random stream either: augmentation and dropout would draw epoch 1's values again, so each
-    stream moves to one of its own for the epoch the run resumes at."""
-    model = keras.saving.load_model(path)
+    the model is compiled again with its own optimizer, state and all. Under torch, Keras saves the
+    optimizer as a torch-only class (torch_adamw.AdamW), whose step fails on another backend: by
+    name, each optimizer loads as this backend's own. Keras saves no layer's place in its random
+    stream either: augmentation and dropout would draw epoch 1's values again, so each stream moves
+    to one of its own for the epoch the run resumes at."""
+    with keras.saving.CustomObjectScope({name: getattr(keras.optimizers, name) for name in OPTIMIZERS}):
+        model = keras.saving.load_model(path)
     model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     for variable in model.non_trainable_variables:
         if variable.path.endswith("seed_generator_state"):

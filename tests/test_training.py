@@ -56,6 +56,7 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["parameters"] == config["parameters"]
     assert 0 <= metrics["best_val_accuracy"] <= 1
+    assert list(metrics["per_class_recall"]) == list(EMOTIONS)  # label order, as in the confusion matrix
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1]
     assert {"accuracy", "loss", "val_accuracy", "val_loss", "learning_rate", "seconds"} <= set(history)
@@ -435,6 +436,27 @@ print(plain.jit_compile, reopened.jit_compile, int(reopened.optimizer.iterations
     if keras.saving.load_model(tmp_path / "last.keras").jit_compile:
         pytest.skip("saved with jit_compile on (under JAX, or TensorFlow on a GPU): nothing for JAX to correct")
     assert run_under("jax", script).stdout.split()[-3:] == ["False", "True", "0"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_a_run_saved_under_torch_trains_on_under_tensorflow(tmp_path, optimizer):
+    """Under torch Keras saves the optimizer as a torch-only class (torch_adamw.AdamW): reopened
+    under TensorFlow or JAX it was rebuilt as that class, and its first step failed."""
+    path = tmp_path / "last.keras"
+    script = f"""
+import keras, numpy as np
+from fersuite import training
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(7, activation="softmax")])
+config = {{"lr": 1e-3, "schedule": "constant", "optimizer": {optimizer!r}, "weight_decay": 1e-4}}
+model.compile(optimizer=training.build_optimizer(config, 1), loss="categorical_crossentropy")
+model.fit(np.ones((8, 4)), np.eye(7)[np.arange(8) % 7], batch_size=8, verbose=0)
+model.save({str(path)!r})
+"""
+    run_under("torch", script)
+    model = training._reopened_whole(path, 1)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1  # its state came along
+    model.fit(np.ones((8, 4)), np.eye(7)[np.arange(8) % 7], batch_size=8, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
