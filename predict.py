@@ -152,7 +152,7 @@ def main():
         return
 
     if args.images:
-        faces = data.load_images(args.images, args.equalize)
+        faces = data.load_images(args.images, args.equalize, log=lambda line: print(line, file=sys.stderr))
         probabilities = evaluation.predict_probabilities(models, faces.pixels, args.tta, args.batch_size, names=paths)
         rows = [(name, EMOTIONS[row.argmax()], f"{row.max():.3f}") for name, row in zip(faces.ids, probabilities)]
         csv.writer(sys.stdout, lineterminator="\n").writerows([("file", "emotion", "confidence"), *rows])

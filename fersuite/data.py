@@ -360,9 +360,13 @@ def _eight_bit(image):
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
-def load_images(paths, equalize="auto"):
+def load_images(paths, equalize="auto", log=None):
     """Image files of any size or colour as grayscale 48x48 uint8, the model's input; histogram-equalized
-    unless they already are, each judged on its own (a photo among faces from the copy is still equalized)."""
+    unless they already are, each judged on its own (a photo among faces from the copy is still equalized).
+
+    One face is little to judge by, so under 'auto' each face equalized is named to `log`: a face
+    exported from the equalized copy may be taken for a raw one, and equalizing it again can change
+    its answer."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     faces = []
@@ -373,9 +377,12 @@ def load_images(paths, equalize="auto"):
                 face = _eight_bit(ImageOps.exif_transpose(image)).resize(
                     (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR
                 )
-                faces.append(contrast.as_trained(np.asarray(face, dtype=np.uint8)[None], equalize)[0])
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
+        face = np.asarray(face, dtype=np.uint8)[None]
+        if log is not None and equalize == "auto" and not contrast.is_equalized(face):
+            log(f"{path}: equalized, judged a raw face (--equalize never keeps a face of the equalized copy as it is)")
+        faces.append(contrast.as_trained(face, equalize)[0])
     return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))
 
 

@@ -262,7 +262,12 @@ def test_each_image_file_is_judged_on_its_own(tmp_path):
     for index, face in enumerate([*flat_ones, dim]):
         paths.append(tmp_path / f"{index}.png")
         Image.fromarray(face).save(paths[-1])
-    faces = data.load_images(paths).pixels[..., 0]
+    notes = []
+    faces = data.load_images(paths, log=notes.append).pixels[..., 0]
     np.testing.assert_array_equal(faces[:3], flat_ones)
     np.testing.assert_array_equal(faces[3], contrast.equalize(dim[None, ..., None])[0, ..., 0])
+    assert len(notes) == 1 and notes[0].startswith(f"{paths[3]}: equalized") and "--equalize never" in notes[0]
+    data.load_images(paths, "never", log=notes.append)
+    data.load_images(paths, "always", log=notes.append)  # what was asked for: nothing to say
+    assert len(notes) == 1
     np.testing.assert_array_equal(data.load_images(paths, "never").pixels[3, ..., 0], dim)
