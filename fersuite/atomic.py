@@ -45,7 +45,8 @@ def write_text(path, text):
 
 
 def write_json(path, data):
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Keys in the order they were set, not sorted: per-emotion figures then read in label order."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def save_model(model, path, include_optimizer=True, float16=False, entries=None):
