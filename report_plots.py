@@ -80,7 +80,8 @@ def parse_args(argv=None):
     )
     samples.add_argument(
         "--layer",
-        help="conv layer for filters/activations, in every run given (default: each model's middle conv layer)",
+        help="conv layer for filters/activations, in every run given "
+        "(default: each model's middle conv layer wider than 1x1)",
     )
     samples.add_argument(
         "--steps",

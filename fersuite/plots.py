@@ -423,10 +423,13 @@ def conv_layer_names(model):
 
 
 def pick_conv_layer(model, name=None):
-    """The named layer, or the middle convolution: past the edge detectors, not yet 3x3 maps."""
+    """The named layer, or the middle convolution: past the edge detectors, not yet 3x3 maps. Only
+    convolutions wider than 1x1 count for the default: a MobileNet's pointwise and shortcut layers
+    mix channels and draw flat grey squares as filter patterns."""
     convolutions = conv_layer_names(model)
     if name is None:
-        return convolutions[len(convolutions) // 2] if convolutions else None
+        spatial = [layer for layer in convolutions if max(model.get_layer(layer).kernel_size) > 1]
+        return spatial[len(spatial) // 2] if spatial else None
     if name not in [layer.name for layer in model.layers]:
         raise UserError(
             f"model '{model.name}' has no layer '{name}'; its conv layers: {', '.join(convolutions) or 'none'}"

@@ -13,7 +13,7 @@ from conftest import PROJECT, labeled_rows, run_under, write_csv
 from keras import layers
 from PIL import Image
 
-from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, cli, complexity, evaluation, plots, training
+from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, cli, complexity, evaluation, models, plots, training
 from fersuite.models import build_cnn
 
 TESTS = Path(__file__).resolve().parent
@@ -148,6 +148,14 @@ def test_conv_depthwise_and_dense_multiply_adds_by_hand():
     assert table.loc["depthwise", "multiply_adds"] == 3 * 3 * 6 * 21 * 21
     assert table.loc["dense", "multiply_adds"] == 21 * 21 * 6 * 5
     assert complexity.with_total(table.reset_index())["multiply_adds"].iloc[-1] == table["multiply_adds"].sum()
+
+
+def test_the_default_layer_is_the_middle_convolution_wider_than_1x1():
+    cnn = build_cnn(INPUT_SHAPE, NUM_CLASSES, filters=(4, 8), dense=(16,))
+    mobilenet = models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, alpha=0.25)
+    assert plots.pick_conv_layer(cnn) == "block2_conv1"
+    assert plots.pick_conv_layer(mobilenet) == "stage2_block2_depthwise"  # of 2 stem and 8 depthwise layers
+    assert plots.pick_conv_layer(mobilenet, "stage2_shortcut_conv") == "stage2_shortcut_conv"  # asked for
 
 
 def test_saliency_is_nonzero_exactly_at_the_pixel_the_scores_depend_on():
