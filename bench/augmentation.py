@@ -45,7 +45,7 @@ NETWORKS = {
 
 
 GENERATOR, SUITE = "ImageDataGenerator -> fit", "RandomAffine in the model (suite)"
-WAITING = "suite, fit waiting for each step"  # the same as SUITE but on JAX (see above)
+WAITING = "suite, fit waiting for each step"  # differs from SUITE only on JAX (see above)
 SPEEDUP_TARGET, UNAUGMENTED_TARGET = 10, 0.9  # issue 6, item 1: meant for the lent GPU
 
 
@@ -188,9 +188,9 @@ def training_speed(pixels, labels, args):
     results = common.interleaved(measures, args.rounds)
     for name, rates in results.items():
         print(f"  {name:40s} {common.spread(rates)}")
-    suite, unaugmented = results[SUITE], results["no augmentation"]
-    print(f"  {SUITE} / ImageDataGenerator -> fit = {common.ratio(suite, results[GENERATOR], SPEEDUP_TARGET)}")
-    print(f"  {SUITE} / no augmentation = {common.ratio(suite, unaugmented, UNAUGMENTED_TARGET)}")
+    suite_rates, unaugmented = results[SUITE], results["no augmentation"]
+    print(f"  {SUITE} / ImageDataGenerator -> fit = {common.ratio(suite_rates, results[GENERATOR], SPEEDUP_TARGET)}")
+    print(f"  {SUITE} / no augmentation = {common.ratio(suite_rates, unaugmented, UNAUGMENTED_TARGET)}")
     for name in (GENERATOR, WAITING):
         print(f"  {name} / no augmentation = {common.ratio(results[name], unaugmented)}")
     return results

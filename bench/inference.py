@@ -17,8 +17,9 @@ not depend on the weights, only on the network.
                predict.py does for one image file), model.predict_on_batch and model(x); with
                flip or zoom, every way runs the model once on the face's views stacked, as
                predict_probabilities does, and averages, so the ways differ only in the call
-A warm-up of each measure, on the same faces, comes first (tracing). Every figure is the median of --rounds rounds
-in which all of them take turns, so a change in the machine's load falls on all of them.
+A warm-up of each measure along the timed call's path comes first (tracing). Every figure is the
+median of --rounds rounds in which all of them take turns, so a change in the machine's load falls
+on all of them.
 """
 
 import tempfile
@@ -66,7 +67,7 @@ def single_image_ways(model):
 
 
 def batch_rate(model, pixels, tta, batch_size):
-    predict_probabilities([model], pixels, tta, batch_size)  # the timed call's path, last batch included
+    predict_probabilities([model], pixels[: batch_size + 1], tta, batch_size)  # model.predict, as timed
     return common.timed(lambda: predict_probabilities([model], pixels, tta, batch_size), len(pixels))
 
 

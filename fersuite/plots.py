@@ -424,11 +424,11 @@ def conv_layer_names(model):
 
 def pick_conv_layer(model, name=None):
     """The named layer, or the middle convolution: past the edge detectors, not yet 3x3 maps. Only
-    convolutions wider than 1x1 count for the default: a MobileNet's pointwise and shortcut layers
-    mix channels and draw flat grey squares as filter patterns."""
+    convolutions wider than 1x1 count for the default, when there are any: a MobileNet's pointwise and
+    shortcut layers mix channels and draw flat grey squares as filter patterns."""
     convolutions = conv_layer_names(model)
     if name is None:
-        spatial = [layer for layer in convolutions if max(model.get_layer(layer).kernel_size) > 1]
+        spatial = [layer for layer in convolutions if max(model.get_layer(layer).kernel_size) > 1] or convolutions
         return spatial[len(spatial) // 2] if spatial else None
     if name not in [layer.name for layer in model.layers]:
         raise UserError(

@@ -42,6 +42,20 @@ def test_a_family_typo_or_a_failed_training_run_ends_a_benchmark_with_one_error_
     assert "none.csv: no such file" in errors[0] and errors[1].startswith("error: train_mobilenet.py stopped with exit")
 
 
+def test_augmentation_benchmark_cycles_too_few_images_to_whole_batches():
+    """With fewer images than a batch it divided by zero (and with a short last batch it counted
+    that batch of ImageDataGenerator's as a full one). It also prints issue 6's two verdicts."""
+    args = ["--data", cli.SAMPLE, "--images", 20, "--batch-size", 32, "--batches", 2, "--warmup", 1, "--steps", 1]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.augmentation", *map(str, args), "--rounds", "1"],
+        capture_output=True, text=True, cwd=PROJECT, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ImageDataGenerator.flow" in result.stdout
+    assert "/ ImageDataGenerator -> fit = " in result.stdout and "target >= 10: " in result.stdout
+    assert "/ no augmentation = " in result.stdout and "target >= 0.9: " in result.stdout
+
+
 CHILD = """
 import signal, sys, time
 def interrupted(*_):

@@ -156,6 +156,8 @@ def test_the_default_layer_is_the_middle_convolution_wider_than_1x1():
     assert plots.pick_conv_layer(cnn) == "block2_conv1"
     assert plots.pick_conv_layer(mobilenet) == "stage2_block2_depthwise"  # of 2 stem and 8 depthwise layers
     assert plots.pick_conv_layer(mobilenet, "stage2_shortcut_conv") == "stage2_shortcut_conv"  # asked for
+    pointwise_only = keras.Sequential([keras.Input(INPUT_SHAPE), layers.Conv2D(2, 1, name="mix"), layers.Flatten()])
+    assert plots.pick_conv_layer(pointwise_only) == "mix"  # 1x1 when there is nothing wider
 
 
 def test_saliency_is_nonzero_exactly_at_the_pixel_the_scores_depend_on():

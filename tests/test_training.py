@@ -438,8 +438,9 @@ print(plain.jit_compile, reopened.jit_compile, int(reopened.optimizer.iterations
     assert run_under("jax", script).stdout.split()[-3:] == ["False", "True", "0"]
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="needs a backend other than torch to reopen under")
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_a_run_saved_under_torch_trains_on_under_tensorflow(tmp_path, optimizer):
+def test_a_run_saved_under_torch_trains_on_under_another_backend(tmp_path, optimizer):
     """Under torch Keras saves the optimizer as a torch-only class (torch_adamw.AdamW): reopened
     under TensorFlow or JAX it was rebuilt as that class, and its first step failed."""
     path = tmp_path / "last.keras"
@@ -454,6 +455,7 @@ model.save({str(path)!r})
 """
     run_under("torch", script)
     model = training._reopened_whole(path, 1)
+    assert "torch" not in type(model.optimizer).__module__
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1  # its state came along
     model.fit(np.ones((8, 4)), np.eye(7)[np.arange(8) % 7], batch_size=8, verbose=0)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
