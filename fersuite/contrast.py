@@ -55,10 +55,13 @@ def equalize(faces):
     return out
 
 
-def as_trained(faces, mode="auto"):
-    """The faces as the models saw them in training: equalized (mode auto: unless they already are)."""
+def needs_equalizing(faces, mode="auto"):
+    """Whether `mode` equalizes these faces: always, never, or (auto) unless they already are."""
     if mode not in MODES:
         raise ValueError(f"equalize mode {mode!r}, expected one of {MODES}")
-    if mode == "never" or (mode == "auto" and is_equalized(faces)):
-        return faces
-    return equalize(faces)
+    return mode == "always" or (mode == "auto" and not is_equalized(faces))
+
+
+def as_trained(faces, mode="auto"):
+    """The faces as the models saw them in training: equalized (mode auto: unless they already are)."""
+    return equalize(faces) if needs_equalizing(faces, mode) else faces

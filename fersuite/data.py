@@ -380,10 +380,10 @@ def load_images(paths, equalize="auto", log=None):
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
         face = np.asarray(face, dtype=np.uint8)[None]
-        judged_raw = equalize == "auto" and not contrast.is_equalized(face)
-        if judged_raw and log is not None:
+        equalized = contrast.needs_equalizing(face, equalize)
+        if equalized and equalize == "auto" and log is not None:
             log(f"{path}: equalized, judged a raw face (--equalize never keeps a face of the equalized copy as it is)")
-        faces.append(contrast.equalize(face)[0] if judged_raw or equalize == "always" else face[0])
+        faces.append(contrast.equalize(face)[0] if equalized else face[0])
     return Split(np.stack(faces)[..., None], None, np.array([str(path) for path in paths]))
 
 
