@@ -22,14 +22,16 @@ from fersuite.atomic import save_model, write_text
 MONITOR = "val_accuracy"
 COSINE_FLOOR = 0.01  # a cosine schedule ends at this share of its peak learning rate
 RESUME_STATE = "resume_state.json"  # inside last.keras: epochs done and patience counters
+BEST_RECORD = "best_record.json"  # inside best.keras: the history row of the epoch it holds
 COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")  # of EarlyStopping and ReduceLROnPlateau
 
 
-def read_resume_state(path):
-    """What a last.keras saved beside its weights for --resume, or None if it holds none."""
+def read_entry(path, name=RESUME_STATE):
+    """What a run saved beside a .keras file's weights (last.keras's resume state, best.keras's
+    history row), or None if it holds none."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(RESUME_STATE))
+            return json.loads(archive.read(name))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 
@@ -118,9 +120,14 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.diverged_epoch = epoch + 1
             self.model.stop_training = True
         elif logs.get(MONITOR, -math.inf) > self.best:
-            self.best_record = row
             with averaged_weights(self.model):
-                save_model(self.model, self.run_dir / "best.keras", include_optimizer=False)
+                save_model(
+                    self.model,
+                    self.run_dir / "best.keras",
+                    include_optimizer=False,
+                    entries={BEST_RECORD: json.dumps(row)},
+                )
+            self.best_record = row  # only once best.keras holds it: a Ctrl-C during the save keeps the old one
         write_text(self.run_dir / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
         if self.diverged_epoch is None and time.perf_counter() - self._saved_at >= self.resume_every:
             self.save_resume_state(epoch + 1)

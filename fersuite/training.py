@@ -25,6 +25,7 @@ from fersuite import AUGMENTATION, EMOTIONS, __version__, backend, cli, contrast
 from fersuite.atomic import write_json, write_text
 from fersuite.augment import MixUpBatches, full_batch_order
 from fersuite.callbacks import (
+    BEST_RECORD,
     COSINE_FLOOR,
     MONITOR,
     CtrlC,
@@ -32,7 +33,7 @@ from fersuite.callbacks import (
     StopOnNaN,
     TimeBudget,
     best_row,
-    read_resume_state,
+    read_entry,
 )
 from fersuite.data import check_readable_file, equalize_mode, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
@@ -259,16 +260,18 @@ def _resume_state(run_dir):
             raise UserError(
                 f"{run_dir}: cannot resume, {name} is missing (the run stopped before its first epoch was saved?)"
             )
-    state = read_resume_state(run_dir / "last.keras")
+    state = read_entry(run_dir / "last.keras")
     if state is None and (run_dir / "state.json").is_file():  # earlier versions kept it beside last.keras
         state = json.loads((run_dir / "state.json").read_text())
     if state is None:
         raise UserError(f"{run_dir}: cannot resume, last.keras holds no resume state (not saved by a training run?)")
     config = json.loads((run_dir / "config.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
-    # best.keras may hold an epoch after the one last.keras saved, which is run again: it stays the best
-    best = best_row(history)
-    state["best_record"] = None if best is None else best.to_dict()
+    # best.keras may hold an epoch after the one last.keras saved, which is run again: it stays the
+    # best. Its row leaves history.csv once that epoch is run again, so best.keras keeps it too.
+    candidates = [read_entry(run_dir / "best.keras", BEST_RECORD), best_row(history)]
+    candidates = [dict(row) for row in candidates if row is not None]
+    state["best_record"] = max(candidates, key=lambda row: row[MONITOR], default=None)
     history = history[history["epoch"] <= state["epochs_done"]].to_dict("records")
     return config, state, history
 
@@ -298,6 +301,13 @@ def _resumed(run_dir, family, given):
             f"{config['data']}: is not the file {run_dir} was trained on (its content changed); "
             "resumed on it, the run would pick its best model on other validation faces"
         )
+    recorded = config.get("teacher_digests") or [None] * len(config["teacher"])
+    for teacher, teacher_digest in zip(config["teacher"], recorded):
+        if teacher_digest not in (None, file_digest(teacher)):
+            raise UserError(
+                f"{teacher}: is not the teacher {run_dir} was trained with (its content changed); "
+                "resumed with it, the run would learn other soft targets"
+            )
     print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     return config, state, history
 
@@ -370,6 +380,7 @@ def _new_run(family, config, build_network, train_split, validation, use_gpu):
         "family": family,
         "run_dir": str(run_dir),
         "data_digest": file_digest(config["data"]),
+        "teacher_digests": [file_digest(teacher) for teacher in config.get("teacher") or []],
         "train_rows": len(train_split),
         "validation_rows": len(validation),
         "parameters": model.count_params(),
@@ -490,4 +501,3 @@ def finish(run_dir, config, checkpoint, validation, wall, interrupted):
         }
     write_json(Path(run_dir) / "metrics.json", metrics)
     return metrics
-

@@ -174,7 +174,7 @@ def _history_rows(run_dir):
 
 def _epochs_done(run_dir):
     """Finished epochs as the run itself records them, in last.keras (saved after history.csv)."""
-    state = callbacks.read_resume_state(run_dir / "last.keras")
+    state = callbacks.read_entry(run_dir / "last.keras")
     return state["epochs_done"] if state else 0
 
 
@@ -247,7 +247,7 @@ def test_resume_state_is_saved_at_most_every_interval_and_at_the_end(every, save
     faces, targets = np.ones((14, 4), "float32"), np.eye(NUM_CLASSES, dtype="float32")[np.arange(14) % NUM_CLASSES]
     model.fit(faces, targets, validation_data=(faces, targets), epochs=3, callbacks=[checkpoint], verbose=0)
     assert calls == saved
-    assert callbacks.read_resume_state(tmp_path / "last.keras")["epochs_done"] == 3
+    assert callbacks.read_entry(tmp_path / "last.keras")["epochs_done"] == 3
     assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3]
     assert keras.saving.load_model(tmp_path / "last.keras").optimizer.iterations.numpy() == 3
 
@@ -315,6 +315,41 @@ def test_resume_keeps_a_best_model_saved_after_the_resume_state(tmp_path):
     assert (metrics["best_epoch"], metrics["best_val_accuracy"]) == (2, 0.5)
 
 
+def test_a_second_resume_keeps_the_best_epoch_whose_row_the_first_resume_dropped(tmp_path):
+    """The first resume runs epochs 2-3 again and rewrites history.csv without the row of the epoch
+    best.keras holds; the second must still know that best, or a worse epoch would replace it."""
+    (tmp_path / "config.json").write_text("{}")
+    write_last_keras(tmp_path / "last.keras", {"epochs_done": 1, "counters": {}})
+    pd.DataFrame({"epoch": [1, 2], "val_accuracy": [0.3, 0.45], "seconds": 1.0}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+    with zipfile.ZipFile(tmp_path / "best.keras", "w") as archive:
+        archive.writestr(callbacks.BEST_RECORD, json.dumps({"epoch": 3, "val_accuracy": 0.6, "seconds": 1.0}))
+    _, state, _ = training._resume_state(tmp_path)
+    assert (state["best_record"]["epoch"], state["best_record"]["val_accuracy"]) == (3, 0.6)
+
+
+def test_best_keras_holds_its_epochs_row_and_is_counted_only_once_saved(tmp_path, monkeypatch):
+    """The row goes inside best.keras for a later resume, and a Ctrl-C during the save (which keeps the
+    old best.keras) must not leave the run naming the epoch it was saving."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    checkpoint = callbacks.RunCheckpoint(tmp_path, resume_every=3600)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_begin(0)
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.4})
+    assert callbacks.read_entry(tmp_path / "best.keras", callbacks.BEST_RECORD)["epoch"] == 1
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks, "save_model", interrupted)
+    checkpoint.on_epoch_begin(1)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.on_epoch_end(1, {"loss": 1.0, "val_accuracy": 0.5})
+    assert checkpoint.best_record["epoch"] == 1
+
+
 def test_a_run_saved_by_an_earlier_version_resumes_from_its_state_json(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with zipfile.ZipFile(tmp_path / "last.keras", "w") as archive:
@@ -342,6 +377,30 @@ def test_resume_from_another_folder_finds_the_data_and_refuses_changed_data(tmp_
     write_csv(data, "label,feature", labeled_rows(14, seed=1))
     with pytest.raises(UserError, match="data/train.csv: is not the file .* was trained on"):
         training._resumed(run_dir, "cnn", {})
+
+
+def test_resume_refuses_a_teacher_whose_content_changed(tmp_path, train_csv):
+    """Distillation's soft targets are computed again on resume, from the --teacher files as they are
+    now: models/ replaced in between would change what the run learns halfway."""
+    teacher = tmp_path / "teacher.npz"
+    teacher.write_bytes(b"first")
+    run_dir = tmp_path / "runs" / "dnn-1"
+    run_dir.mkdir(parents=True)
+    config = {
+        "family": "dnn",
+        "data": str(train_csv),
+        "run_dir": str(run_dir),
+        "data_digest": file_digest(train_csv),
+        "teacher": [str(teacher)],
+        "teacher_digests": [file_digest(teacher)],
+    }
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "history.csv").write_text("epoch,val_accuracy\n1,0.2\n")
+    write_last_keras(run_dir / "last.keras", {"epochs_done": 1, "counters": {}})
+    assert training._resumed(run_dir, "dnn", {})[0]["teacher"] == [str(teacher)]
+    teacher.write_bytes(b"second")
+    with pytest.raises(UserError, match="teacher.npz: is not the teacher .* was trained with"):
+        training._resumed(run_dir, "dnn", {})
 
 
 def _augmenting_model(path):
@@ -534,8 +593,20 @@ def _tiny_config(data, runs, epochs):
     parser.add_argument("--units", type=cli.int_list)
     parser.add_argument("--dropout", type=float, default=0.1)
     args = [
-        "--data", data, "--runs-dir", runs, "--epochs", epochs, "--units", 8, "--batch-size", 16, "--warmup-epochs", 0,
-        "--resume-every", 0,
+        "--data",
+        data,
+        "--runs-dir",
+        runs,
+        "--epochs",
+        epochs,
+        "--units",
+        8,
+        "--batch-size",
+        16,
+        "--warmup-epochs",
+        0,
+        "--resume-every",
+        0,
     ]
     return vars(parser.parse_args([*map(str, args), "--quiet"]))
 
@@ -556,7 +627,7 @@ def train_until_nan(data, runs):
     run_dir = only_run(runs)
     model = keras.saving.load_model(run_dir / "best.keras")
     assert np.isfinite(model.predict(np.zeros((1, *INPUT_SHAPE)), verbose=0)).all()
-    assert callbacks.read_resume_state(run_dir / "last.keras")["epochs_done"] == 1
+    assert callbacks.read_entry(run_dir / "last.keras")["epochs_done"] == 1
 
 
 def train_with_ema(data, runs):
@@ -593,12 +664,14 @@ def test_ema_validates_and_keeps_the_averaged_weights(train_csv, tmp_path, monke
 
 def test_ema_under_jax(train_csv, tmp_path):
     """JAX's fit keeps the weights outside the model during an epoch; the swaps must still land."""
-    script = "\n".join([
-        f"import sys; sys.path[:0] = [{str(PROJECT / 'tests')!r}, {str(PROJECT)!r}]",
-        "import test_training",
-        f"test_training.train_with_ema({str(train_csv)!r}, {str(tmp_path / 'runs')!r})",
-        "print('ok')",
-    ])
+    script = "\n".join(
+        [
+            f"import sys; sys.path[:0] = [{str(PROJECT / 'tests')!r}, {str(PROJECT)!r}]",
+            "import test_training",
+            f"test_training.train_with_ema({str(train_csv)!r}, {str(tmp_path / 'runs')!r})",
+            "print('ok')",
+        ]
+    )
     assert run_under("jax", script).stdout.strip().splitlines()[-1] == "ok"
 
 
