@@ -13,7 +13,9 @@ ensemble; models/README.md has the figures.
     python predict.py --validation --model a.keras --model b.keras --data train.csv.xz   # tune
 
 --validation scores each model and the ensemble on the validation split that train_*.py held
-out (same --val-split and --split-seed), to choose models and TTA without touching the test set.
+out, to choose models and TTA without touching the test set. Unless given, --val-split,
+--split-seed and --equalize are those of the models' runs (config.json beside RUN/best.keras),
+else the training scripts' defaults, as for the shipped models.
 """
 
 import csv
@@ -57,7 +59,7 @@ def parse_args():
         "crops = those and 4 shifted crops; zoom = the face and its mirror, each also 10%% closer and farther "
         "(6 views; +0.6 points over flip for the shipped ensemble on validation) (default: %(default)s)",
     )
-    cli.add_equalize(parser)
+    cli.add_equalize(parser, default_text="as the models' runs trained, else auto")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="(default: %(default)s)")
     parser.add_argument(
         "--validation",
@@ -67,14 +69,12 @@ def parse_args():
     parser.add_argument(
         "--val-split",
         type=cli.open_fraction,
-        default=0.1,
-        help="with --validation: as given to train_*.py (default: %(default)s)",
+        help="with --validation: as given to train_*.py (default: the models' runs', else 0.1)",
     )
     parser.add_argument(
         "--split-seed",
         type=cli.numpy_seed,
-        default=0,
-        help="with --validation: as given to train_*.py (default: %(default)s)",
+        help="with --validation: as given to train_*.py (default: the models' runs', else 0)",
     )
     args = parser.parse_args()
     if args.validation and not args.data:
@@ -89,7 +89,10 @@ def parse_args():
         )
     if args.validation and (args.out or args.force):
         parser.error("--validation scores the held-out split and writes no submission; drop --out/--force")
-    split_flags = sorted({"val_split", "split_seed"} & parser.given())
+    given = parser.given()
+    if "equalize" not in given:
+        args.equalize = None  # as the models trained: main() reads it from their runs
+    split_flags = sorted({"val_split", "split_seed"} & given)
     if split_flags and not args.validation:
         parser.error(f"--{split_flags[0].replace('_', '-')} applies only with --validation")
     if args.images and args.data:
@@ -114,6 +117,18 @@ def model_paths(args):
     return shipped
 
 
+def trained_data_settings(args, paths):
+    """--equalize, and with --validation the split's settings, as the models' runs trained unless given."""
+    from fersuite import data, evaluation
+
+    if args.equalize is None:
+        args.equalize = evaluation.trained_setting(paths, data.equalize_mode, "--equalize")
+    if args.validation and args.val_split is None:
+        args.val_split = evaluation.trained_setting(paths, lambda config: config.get("val_split", 0.1), "--val-split")
+    if args.validation and args.split_seed is None:
+        args.split_seed = evaluation.trained_setting(paths, data.split_seed, "--split-seed")
+
+
 def score_validation(args, paths, models):
     """Accuracy of each model and of their ensemble on the held-out validation split."""
     from fersuite import data, evaluation
@@ -135,6 +150,8 @@ def main():
     from fersuite import EMOTIONS, data, evaluation
     from fersuite.errors import UserError
 
+    paths = model_paths(args)
+    trained_data_settings(args, paths)
     table = None
     if args.data and not args.validation:
         table = data.load_table(args.data, equalize=args.equalize)
@@ -144,7 +161,6 @@ def main():
             args.out = SUBMISSION
         if args.out is not None:
             cli.check_output(args.out, args.force)
-    paths = model_paths(args)
     models = [evaluation.load_model(path) for path in paths]
 
     if args.validation:

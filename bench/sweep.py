@@ -8,7 +8,9 @@ at five sizes each, two orders of magnitude per family.
 Each size is an ordinary `train_*.py` run (its own run directory under --runs-dir, with
 metrics.json); the sweep then prints a table and writes runs.csv/.md, parameters_vs_accuracy.png (HW8's
 question) and histories.png with report_plots' helpers. An interrupted sweep
-continues where it stopped: sizes whose run already finished are not trained again.
+continues where it stopped: a size whose run already finished, on the same data with the same
+command line, is not trained again (one that diverged is). A change to a training script's defaults
+is not seen: give such a sweep its own --runs-dir.
 """
 
 import argparse
@@ -49,8 +51,9 @@ def parse_args():
     parser.add_argument(
         "--out",
         type=cli.absolute_path,
-        default=str(PROJECT / "bench" / "sweep"),
-        help="folder for runs.csv/.md and the figures (default: %(default)s)",
+        default=None,
+        help=f"folder for runs.csv/.md and the figures (default: {PROJECT / 'bench' / 'sweep'}, "
+        "with --quick its quick/ folder)",
     )
     parser.add_argument("--families", default="cnn,mobilenet", help="(default: %(default)s)")
     parser.add_argument(
@@ -69,15 +72,16 @@ def parse_args():
     return args
 
 
-def finished_run(runs_dir, label, digest, epochs):
-    """The newest finished (not interrupted) run of one size on the data with this content digest for
-    this many epochs; each size has its own runs folder, where a --quick run must not stand in for a
-    full one."""
+def finished_run(runs_dir, label, digest, line):
+    """The newest finished run of one size (not interrupted, not diverged) on the data with this content
+    digest, trained by this command line (epochs and the size's flags); each size has its own runs
+    folder, where a --quick run must not stand in for a full one."""
     for metrics_path in sorted((Path(runs_dir) / label).glob("*/metrics.json"), reverse=True):
         config_path = metrics_path.parent / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        same = (config.get("data_digest"), config.get("epochs")) == (digest, epochs)
-        if same and not json.loads(metrics_path.read_text()).get("interrupted"):
+        same = (config.get("data_digest"), config.get("command")) == (digest, " ".join(line[1:]))
+        metrics = json.loads(metrics_path.read_text())
+        if same and not metrics.get("interrupted") and metrics.get("diverged_epoch") is None:
             return metrics_path.parent
     return None
 
@@ -106,14 +110,14 @@ def run_sizes(args):
     for family, label, flags in SIZES:
         if family not in args.families or label not in args.sizes:
             continue
-        run_dir = finished_run(args.runs_dir, label, digest, args.epochs)
+        line = command(family, label, flags, args)
+        run_dir = finished_run(args.runs_dir, label, digest, line)
         if run_dir is None:
-            line = command(family, label, flags, args)
             print(" ".join(line), flush=True)
             if args.dry_run:
                 continue
             cli.run_script(line)
-            run_dir = finished_run(args.runs_dir, label, digest, args.epochs)
+            run_dir = finished_run(args.runs_dir, label, digest, line)
         sizes.append((label, run_dir))
     return sizes
 
@@ -122,6 +126,8 @@ def main():
     args = parse_args()
     if args.quick:
         args.data, args.epochs = str(cli.SAMPLE), 1
+    if args.out is None:  # a quick sweep on the sample must not replace a real sweep's figures
+        args.out = str(PROJECT / "bench" / "sweep" / ("quick" if args.quick else ""))
     sizes = run_sizes(args)
     if args.dry_run or not sizes:
         return

@@ -141,7 +141,7 @@ numpy_seed = _checked(int, lambda value: 0 <= value < 2**32, "in 0..2**32-1, as 
 seed = _checked(int, lambda value: 0 <= value < 2**31, "in 0..2**31-1, as Keras's seeds on every backend are")
 
 
-def add_equalize(parser):
+def add_equalize(parser, default_text="%(default)s"):
     """--equalize: whether the faces read are histogram-equalized (fersuite.contrast)."""
     parser.add_argument(
         "--equalize",
@@ -149,7 +149,7 @@ def add_equalize(parser):
         default="auto",
         help="histogram-equalize the faces as they are read, as the models were trained: auto = a CSV's faces unless "
         "most already are (the team's copy is), each image file on its own; never for faces exported from an "
-        "equalized copy (default: %(default)s)",
+        f"equalized copy (default: {default_text})",
     )
 
 
@@ -223,7 +223,6 @@ class TrainingParser(Parser):
         return parsed
 
 
-
 def training_parser(description, defaults):
     """The settings every family shares; `defaults` holds the family's best recipe."""
     parser = TrainingParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,19 +230,21 @@ def training_parser(description, defaults):
     data.add_argument(
         "--data",
         default=str(DEFAULT_TRAIN),
-        help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine (default: %(default)s)",
+        help="train.csv (label,feature) or fer2013.csv (emotion,pixels,Usage); .gz/.xz fine, or a table packed by "
+        "python -m fersuite.data pack (default: %(default)s)",
     )
     data.add_argument(
         "--val-split",
         type=open_fraction,
         default=0.1,
-        help="validation fraction for the label,feature layout; fer2013.csv uses PublicTest (default: %(default)s)",
+        help="validation fraction of a file without Usage (label,feature or emotion,pixels); "
+        "fer2013.csv uses PublicTest (default: %(default)s)",
     )
     data.add_argument(
         "--split-seed",
         type=numpy_seed,
         default=0,
-        help="which faces the label,feature layout holds out for validation; "
+        help="which faces a file without Usage holds out for validation; "
         "keep it the same across the models of an ensemble (default: %(default)s)",
     )
     add_equalize(data)
@@ -252,7 +253,7 @@ def training_parser(description, defaults):
         "--init-from",
         metavar="MODEL",
         help="start from a trained .keras model's weights "
-        "(the same network, trained on the same --data, --val-split and --split-seed), "
+        "(the same network, trained on the same --data, --val-split, --split-seed and --equalize), "
         "e.g. to train a shipped model longer with a new schedule",
     )
     data.add_argument(
@@ -358,7 +359,7 @@ def training_parser(description, defaults):
         help=".keras model whose predictions on the training images become soft targets, "
         "or a .npz of them saved by python -m fersuite.teachers; repeat for an ensemble. "
         "It must have been trained with the same --data, --val-split and --split-seed, "
-        "or validation accuracy is inflated",
+        "or validation accuracy is inflated, and see faces as this run's --equalize reads them",
     )
     distillation.add_argument(
         "--teacher-weight",

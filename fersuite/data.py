@@ -1,9 +1,9 @@
 """Read FER2013 CSVs (original and Kaggle-homework layouts) and image files into uint8 arrays.
 
-Layouts, told apart by the header:
+Layouts, told apart by the header's columns (in any order):
   fer2013.csv       emotion,pixels,Usage   Training/PublicTest/PrivateTest -> train/validation/test
-  homework train    label,feature          seeded stratified train/validation split
-  homework test     id,feature             unlabeled; ids go into the submission
+  homework train    label,feature          seeded stratified train/validation split (emotion,pixels too)
+  homework test     id,feature             unlabeled; ids go into the submission (pixels alone: row numbers)
 Faces that are not histogram-equalized (a raw fer2013.csv, photos) are equalized as they are read
 (fersuite.contrast: a file's faces judged together, each image file on its own; --equalize overrides).
 """
@@ -13,7 +13,9 @@ import hashlib
 import io
 import lzma
 import os
+import tarfile
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,12 +28,14 @@ from fersuite.errors import UserError
 
 PIXELS_PER_IMAGE = IMAGE_SIZE * IMAGE_SIZE
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
-LAYOUTS = {
+LAYOUTS = {  # columns in any order (Kaggle's icml_face_data.csv has emotion,Usage,pixels)
     ("emotion", "pixels", "Usage"): "fer2013",
     ("emotion", "pixels"): "labeled",
     ("label", "feature"): "labeled",
     ("id", "feature"): "unlabeled",
+    ("pixels",): "unlabeled",  # the competition's test.csv: ids are the row numbers
 }
+ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # Kaggle's fer2013.tar.gz holds a folder
 CACHE_VERSION = "3"
 
 
@@ -75,11 +79,16 @@ def check_readable_file(path):
         raise UserError(f"{path}: is a directory, expected a file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty")
+    try:
+        open(path, "rb").close()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the file ({error.strerror})") from None
     return path
 
 
 def cache_dir():
-    return Path(os.environ.get("FERSUITE_CACHE_DIR", Path.home() / ".cache" / "fersuite"))
+    """FERSUITE_CACHE_DIR, unless unset or empty (an empty one would put the cache in the working folder)."""
+    return Path(os.environ.get("FERSUITE_CACHE_DIR") or Path.home() / ".cache" / "fersuite")
 
 
 # Each byte stored as its difference from the pixel above (one row back): 4 % smaller than from the
@@ -136,7 +145,10 @@ def load_table(path, use_cache=True, equalize="auto"):
         return with_contrast(_load_packed(path), equalize)
     cached = cache_dir() / f"{file_digest(path)}-{equalize}-v{CACHE_VERSION}.npz" if use_cache else None
     if cached is not None and cached.exists():
-        return _load_packed(cached)
+        try:
+            return _load_packed(cached)
+        except UserError:
+            pass  # a damaged cache entry is parsed again and replaced
     table = with_contrast(parse_csv(path), equalize)
     if cached is not None:
         try:
@@ -148,6 +160,8 @@ def load_table(path, use_cache=True, equalize="auto"):
 
 
 def _read_frame(path):
+    if str(path).lower().endswith(ARCHIVES):
+        raise UserError(f"{path}: an archive; extract the CSV from it first (tar xf {Path(path).name})")
     try:
         frame = pd.read_csv(
             path,
@@ -160,12 +174,17 @@ def _read_frame(path):
         raise UserError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as error:
         raise UserError(f"{path}: malformed CSV: {str(error).strip()}") from None
-    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as error:
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zipfile.BadZipFile, tarfile.TarError, OSError) as error:
         raise UserError(f"{path}: cannot read the file, truncated or corrupt ({error})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text CSV file") from None
+    except (ValueError, ImportError) as error:  # a .zip of several files, a compression pandas cannot open here
+        raise UserError(f"{path}: cannot read the file ({error}); give the CSV itself, plain, .gz or .xz") from None
     frame.columns = [str(column).strip() for column in frame.columns]
-    return _without_trailing_field(path, frame)
+    frame = _without_trailing_field(path, frame)
+    if len(frame.columns) > 1 and frame.columns[0] == "Unnamed: 0":  # the row numbers pandas' to_csv writes
+        frame = frame.iloc[:, 1:]
+    return frame
 
 
 def _without_trailing_field(path, frame):
@@ -184,7 +203,7 @@ def _without_trailing_field(path, frame):
 
 
 def _layout(path, columns):
-    layout = LAYOUTS.get(tuple(columns))
+    layout = next((layout for names, layout in LAYOUTS.items() if sorted(names) == sorted(columns)), None)
     if layout is None:
         expected = " or ".join(",".join(names) for names in LAYOUTS)
         found = ",".join(columns)
@@ -236,6 +255,12 @@ def _raise_first_non_integer(path, column, texts):
                 raise UserError(
                     f"{path}: line {_line(row)}, column '{column}': pixel {position + 1} is '{token}', not an integer"
                 )
+    for row, text in enumerate(texts):  # two spaces where a value was deleted hid the short row from the count
+        if len(text.split()) != PIXELS_PER_IMAGE:
+            raise UserError(
+                f"{path}: line {_line(row)}, column '{column}': expected {PIXELS_PER_IMAGE} pixels, "
+                f"found {len(text.split())}"
+            )
     raise UserError(f"{path}: column '{column}': pixels could not be parsed")
 
 
@@ -377,7 +402,7 @@ def load_images(paths, equalize="auto", log=None):
                 face = _eight_bit(ImageOps.exif_transpose(image)).resize(
                     (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR
                 )
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError, broken PNG
             raise UserError(f"{path}: not a readable image ({type(error).__name__})") from None
         face = np.asarray(face, dtype=np.uint8)[None]
         equalized = contrast.needs_equalizing(face, equalize)
@@ -399,13 +424,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not is_packed(args.destination):
         parser.error("the destination must end in .npz or .npz.xz")
-    check_readable_file(args.source)  # before the destination's folder is made
+    destination = Path(args.destination)
+    if destination.parent.is_dir():
+        cli.check_output(destination, args.force)  # before the parse; a missing folder is made after it
+    table = load_table(args.source, equalize="never")  # judged when loaded
     try:
-        Path(args.destination).parent.mkdir(parents=True, exist_ok=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"{Path(args.destination).parent}: cannot create the folder ({error.strerror})") from None
-    cli.check_output(args.destination, args.force)
-    pack_table(load_table(args.source, equalize="never"), args.destination)  # judged when loaded
+        raise UserError(f"{destination.parent}: cannot create the folder ({error.strerror})") from None
+    cli.check_output(destination, args.force)
+    pack_table(table, destination)
     print(f"wrote {args.destination}: {Path(args.destination).stat().st_size / 1e6:.1f} MB")
 
 

@@ -7,6 +7,7 @@ import gzip
 import importlib.util
 import lzma
 import sys
+import zipfile
 
 import keras
 import pytest
@@ -83,6 +84,14 @@ def truncated(opener, text, directory, name):
     return path
 
 
+def two_file_zip(path):
+    """Kaggle's download holds the CSV beside other files."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("test.csv", good_test())
+        archive.writestr("README", "about the data")
+    return path
+
+
 def text_file(directory, name, text):
     path = directory / name
     path.write_text(text)
@@ -138,6 +147,8 @@ DATA_CASES = [
     ("duplicate-ids", lambda d: text_file(d, "c.csv", good_test().replace("\n5,", "\n15,")), "duplicate id '15'"),
     ("truncated-gz", lambda d: truncated(gzip.open, good_test(), d, "t.csv.gz"), "truncated or corrupt"),
     ("truncated-xz", lambda d: truncated(lzma.open, good_test(), d, "t.csv.xz"), "truncated or corrupt"),
+    ("tar-archive", lambda d: text_file(d, "fer2013.tar.gz", "a folder"), "an archive; extract the CSV from it first"),
+    ("zip-of-two-files", lambda d: two_file_zip(d / "fer2013.zip"), "give the CSV itself, plain, .gz or .xz"),
     ("binary-garbage", lambda d: (d / "g.csv").write_bytes(bytes(range(256)) * 40) and d / "g.csv", "g.csv"),
     (
         "extra-field-in-every-row",
@@ -225,6 +236,45 @@ def test_non_image_file_given_as_image(tmp_path, model_file, monkeypatch, capsys
     fake = text_file(tmp_path, "face.png", "this is text")
     code, err = invoke("predict", ["--model", model_file, fake], monkeypatch, capsys)
     assert code == 2 and "face.png: not a readable image" in err
+
+
+def test_an_image_pillow_calls_broken_midway(tmp_path, model_file, monkeypatch, capsys):
+    """Pillow raises SyntaxError("broken PNG file") for a bad chunk among the image data."""
+    from PIL import Image
+
+    def broken(*args, **kwargs):
+        raise SyntaxError("broken PNG file")
+
+    face = tmp_path / "face.png"
+    Image.new("L", (48, 48)).save(face)
+    monkeypatch.setattr(Image, "open", broken)
+    code, err = invoke("predict", ["--model", model_file, face], monkeypatch, capsys)
+    assert code == 2 and "face.png: not a readable image (SyntaxError)" in err
+
+
+def test_a_file_that_cannot_be_read(tmp_path, monkeypatch):
+    """chmod 000 stops every user but root, who runs the tests: the refusal is mocked."""
+    from fersuite import data
+    from fersuite.errors import UserError
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    path = text_file(tmp_path, "train.csv", good_train())
+    monkeypatch.setattr(data, "open", refused, raising=False)
+    with pytest.raises(UserError, match="train.csv: cannot read the file \\(Permission denied\\)"):
+        data.check_readable_file(path)
+
+
+def test_packing_a_bad_csv_makes_no_folder(tmp_path, monkeypatch, capsys):
+    from fersuite import data
+
+    bad = text_file(tmp_path, "bad.csv", replace_pixel(good_train(), 1, "300"))
+    monkeypatch.setattr(sys, "argv", ["data.py"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.run(lambda: data.main(["pack", str(bad), str(tmp_path / "pack" / "train.npz.xz")]))
+    assert stopped.value.code == 2 and "pixel 1 is 300" in capsys.readouterr().err
+    assert not (tmp_path / "pack").exists()
 
 
 def test_missing_image_file(tmp_path, model_file, monkeypatch, capsys):

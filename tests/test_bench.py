@@ -1,5 +1,6 @@
 """bench/sweep.py and bench/gpu_session.py end to end on the bundled sample; the benchmarks' step timer."""
 
+import json
 import subprocess
 import sys
 
@@ -30,6 +31,26 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     assert longer.stdout.count("train_mobilenet.py") == 2  # 1-epoch runs do not stand in for 2-epoch ones
     unknown = run_script("bench/sweep.py", "--sizes", "mobilenet-5k,cnn-9", "--dry-run")
     assert unknown.returncode == 2 and "error: unknown size cnn-9;" in unknown.stderr
+
+
+def test_sweep_reuses_only_a_run_of_the_same_command_that_neither_stopped_nor_diverged(tmp_path):
+    """A size whose flags changed, or whose run's loss became NaN, is trained again."""
+    from bench import sweep
+
+    line = ["python", "train_mobilenet.py", "--epochs", "1", "--alpha", "0.25"]
+    run = tmp_path / "mobilenet-5k" / "mobilenet-1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data_digest": "d", "command": " ".join(line[1:])}))
+
+    def found(digest="d", command=line, **metrics):
+        (run / "metrics.json").write_text(json.dumps({"interrupted": False, "diverged_epoch": None, **metrics}))
+        return sweep.finished_run(tmp_path, "mobilenet-5k", digest, command)
+
+    assert found() == run
+    assert found(interrupted=True) is None
+    assert found(diverged_epoch=1) is None
+    assert found(command=[*line[:-1], "0.5"]) is None
+    assert found(digest="e") is None
 
 
 def test_a_family_typo_or_a_failed_training_run_ends_a_benchmark_with_one_error_line(tmp_path):

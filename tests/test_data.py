@@ -1,5 +1,7 @@
 """Parsing both CSV layouts, compressed files, splits, the cache, and accepted oddities."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,6 +122,46 @@ def test_error_names_file_line_and_column(tmp_path):
     path = write_csv(tmp_path / "short.csv", "label,feature", rows)
     with pytest.raises(UserError, match=r"short\.csv: line 5, column 'feature': expected 2304 pixels, found 2303"):
         data.load_table(path)
+
+
+def test_a_value_deleted_in_an_editor_is_found_despite_the_two_spaces_left(tmp_path):
+    rows = labeled_rows(5)
+    label, pixels = rows[3].split(",")
+    values = pixels.split()
+    rows[3] = f"{label},{' '.join(values[:100])}  {' '.join(values[101:])}"
+    path = write_csv(tmp_path / "short.csv", "label,feature", rows)
+    with pytest.raises(UserError, match=r"short\.csv: line 5, column 'feature': expected 2304 pixels, found 2303"):
+        data.load_table(path)
+
+
+def test_columns_in_any_order_a_written_index_and_a_pixels_only_file(tmp_path):
+    """Kaggle's icml_face_data.csv orders its columns emotion,Usage,pixels; pandas' to_csv writes its
+    row numbers first under an empty name; the competition's test.csv has only pixels."""
+    rows = labeled_rows(4, seed=2)
+    labels, pixels = zip(*(row.split(",") for row in rows))
+    expected = np.array([text.split() for text in pixels], dtype=np.uint8)
+    icml_rows = [f"{label},PublicTest,{text}" for label, text in zip(labels, pixels)]
+    reordered = write_csv(tmp_path / "icml.csv", "emotion,Usage,pixels", icml_rows)
+    indexed = write_csv(tmp_path / "indexed.csv", ",emotion,pixels", [f"{row},{text}" for row, text in enumerate(rows)])
+    bare = write_csv(tmp_path / "bare.csv", "pixels", pixels)
+    for path, layout in ((reordered, "fer2013"), (indexed, "labeled"), (bare, "unlabeled")):
+        table = data.load_table(path, use_cache=False)
+        assert table.layout == layout, path
+        np.testing.assert_array_equal(table.pixels.reshape(4, -1), expected)
+    assert list(data.load_table(reordered).labels) == [0, 1, 2, 3]
+    assert list(data.load_table(bare).ids) == ["0", "1", "2", "3"]
+
+
+def test_an_empty_cache_variable_means_the_default_cache_and_a_damaged_entry_is_parsed_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERSUITE_CACHE_DIR", "")
+    assert data.cache_dir() == Path.home() / ".cache" / "fersuite"
+    monkeypatch.setenv("FERSUITE_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(6))
+    first = data.load_table(path)
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    entry.write_bytes(b"cut short")
+    np.testing.assert_array_equal(data.load_table(path).pixels, first.pixels)
+    np.testing.assert_array_equal(data._load_packed(entry).pixels, first.pixels)
 
 
 def test_images_any_size_and_colour_become_grayscale_48(tmp_path):

@@ -2,6 +2,8 @@
 
 import csv
 import io
+import json
+import shutil
 import subprocess
 import sys
 
@@ -223,6 +225,46 @@ def test_validation_scores_each_model_and_the_ensemble_on_the_held_out_split(tra
     assert lines[0] == f"validation split: {len(validation.labels)} images, tta none"
     assert lines[1] == f"{expected:.4f}  {trained_model}" and lines[-1] == f"{expected:.4f}  ensemble of 2"
     assert not list(tmp_path.glob("submission*.csv"))
+
+
+def _in_run(model, run_dir, **config):
+    """A model as a run left it: best.keras beside the config.json its training wrote."""
+    run_dir.mkdir(parents=True)
+    shutil.copy(model, run_dir / "best.keras")
+    (run_dir / "config.json").write_text(json.dumps({"family": "cnn", **config}))
+    return run_dir / "best.keras"
+
+
+def test_faces_are_read_as_the_models_run_read_them_unless_told(known_model, tmp_path):
+    """A run trained with --equalize never on raw faces must predict raw faces: each face here is two
+    levels of its emotion's brightness, which equalizing would spread to 0 and 255 alike."""
+    shown = [3, 0, 6, 1, 5, 2, 4]
+    halves = [" ".join([str(int(EMOTION_BRIGHTNESS[emotion]) + step) for step in (-1, 1)] * 1152) for emotion in shown]
+    data = write_csv(tmp_path / "test.csv", "id,feature", [f"{index},{face}" for index, face in enumerate(halves)])
+    raw = _in_run(known_model, tmp_path / "runs" / "cnn-raw", equalize="never")
+    out = tmp_path / "submission.csv"
+    run_script("predict.py", "--model", raw, "--data", data, "--out", out, check=True)
+    assert list(pd.read_csv(out)["label"]) == shown
+    told = ("--force", "--equalize", "always")
+    run_script("predict.py", "--model", raw, "--data", data, "--out", out, *told, check=True)
+    assert len(set(pd.read_csv(out)["label"])) == 1
+    equalized = _in_run(known_model, tmp_path / "runs" / "cnn-auto")
+    mixed = run_script("predict.py", "--model", raw, "--model", equalized, "--data", data, "--out", out, "--force")
+    assert mixed.returncode == 2 and "trained with different --equalize: never" in mixed.stderr, mixed.stderr
+
+
+def test_validation_holds_out_the_split_the_models_run_held_out(trained_model, train_csv, tmp_path):
+    from fersuite.data import load_splits
+
+    model = _in_run(trained_model, tmp_path / "runs" / "mobilenet-1", val_split=0.25, split_seed=3)
+    args = ("--validation", "--model", model, "--data", train_csv, "--tta", "none")
+    result = run_script("predict.py", *args, check=True)
+    validation = load_splits(train_csv, 0.25, 3)["validation"]
+    assert result.stdout.startswith(f"validation split: {len(validation.labels)} images")
+    expected = evaluation.accuracy(
+        validation.labels, evaluation.predict_probabilities([evaluation.load_model(model)], validation.pixels)
+    )
+    assert f"{expected:.4f}  {model}" in result.stdout
 
 
 def test_int8_shipping_quantizes_dense_kernels(trained_model, tmp_path):
