@@ -23,6 +23,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/sweep.py` as well as `python -m bench.sweep`
 from fersuite import cli
 
+cli.quiet_backend_logs()
+
 # (family, label, flags): five sizes per family, each about 4x the one before.
 SIZES = [
     ("cnn", "cnn-34k", ["--filters", "8,12,16,24,32", "--dense", "32"]),
@@ -134,8 +136,9 @@ def main():
     from fersuite import plots
 
     runs = [replace(plots.load_run(run_dir), label=label) for label, run_dir in sizes]
-    print(plots.run_summary(runs).to_string(index=False))
-    plots.report_comparison(runs, args.out, title=f"Model size vs validation accuracy, {args.epochs} epochs each")
+    print(plots.markdown_table(plots.run_summary(runs)), end="")
+    each = f"{args.epochs} epoch{'s' if args.epochs > 1 else ''} each"
+    plots.report_comparison(runs, args.out, title=f"Model size vs validation accuracy, {each}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Three layers, each usable alone:
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def _bare(axis):
     axis.set_yticks([])
 
 
+def _epoch_ticks():
+    """Whole epochs only (a new locator per axis): by default MaxNLocator adds 0.5-steps to show two ticks
+    on a one-epoch run."""
+    return MaxNLocator(integer=True, min_n_ticks=1)
+
+
 def _grid(count, max_columns=8):
     columns = max(1, min(max_columns, math.ceil(math.sqrt(count))))
     return math.ceil(count / columns), columns
@@ -104,14 +111,16 @@ def plot_history(history, path, title, best_epoch=None):
                 value,
                 marker="*",
                 markersize=15,
-                color="tab:red",
+                markerfacecolor="none",
+                markeredgecolor="tab:red",
+                markeredgewidth=1.5,
                 linestyle="none",
                 label=f"best epoch {best_epoch}",
             )
             heading = f"{metric} (validation {value:.3f} at the best epoch)"
         axis.set(xlabel="epoch", ylabel=metric, title=heading)
         axis.set_xlim(history["epoch"].min() - 0.5, history["epoch"].max() + 0.5)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(_epoch_ticks())
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle(title, fontsize=13)
@@ -124,9 +133,8 @@ def plot_confusion(matrix, path, title):
     normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     figure = Figure(figsize=(14, 6), layout="constrained")
-    panels = (("counts", counts, "d"), ("row-normalized (diagonal = recall)", normalized, ".2f"))
-    for axis, (name, values, style) in zip(figure.subplots(1, 2), panels):
-        top = values.max() or 1
+    panels = (("counts", counts, "d", counts.max() or 1), ("row-normalized (diagonal = recall)", normalized, ".2f", 1))
+    for axis, (name, values, style, top) in zip(figure.subplots(1, 2), panels):  # fractions on one 0..1 scale
         image = axis.imshow(values, cmap="Blues", vmin=0, vmax=top)
         figure.colorbar(image, ax=axis, shrink=0.85)
         for row in range(values.shape[0]):
@@ -143,7 +151,15 @@ def plot_confusion(matrix, path, title):
 
 
 def _label_title(true, predicted, confidence):
-    return f"true {EMOTIONS[true]}\npred {EMOTIONS[predicted]} {confidence:.2f}"
+    """Confidence in percent to a tenth: mistakes ranked by it often share the first two decimals."""
+    return f"true {EMOTIONS[true]}\npred {EMOTIONS[predicted]} {confidence:.1%}"
+
+
+def _grid_title(figure, text, fontsize):
+    """A face or filter grid's title, each line wrapped to the figure's width: a grid of three
+    columns is narrower than a run name, a layer and what the figure shows."""
+    characters = max(30, int(figure.get_figwidth() * 130 / fontsize))
+    figure.suptitle("\n".join(textwrap.fill(line, characters) for line in text.split("\n")), fontsize=fontsize)
 
 
 def _image_grid(rows, columns, panel, margin):
@@ -177,29 +193,47 @@ def plot_saliency(faces, saliency, true, predicted, confidence, path, title):
             _bare(axis)
             if column == 0:
                 axis.set_ylabel(name, fontsize=10)
-    figure.suptitle(f"{title}\n|d score / d pixel| of the predicted class (red title: wrong prediction)", fontsize=11)
+    _grid_title(
+        figure,
+        f"{title}\n|d score / d pixel| of the predicted class, each map stretched to its own 99.5th percentile "
+        "(red title: wrong prediction)",
+        11,
+    )
     return _save(figure, path)
 
 
-def plot_filters(patterns, filters, path, title):
-    """Images that maximize each filter's mean activation, one panel per filter."""
+def plot_filters(patterns, filters, path, title, flat=None, unit="filter"):
+    """Images that maximize each filter's mean activation, one panel per filter. A `flat` filter had no
+    gradient at all (a ReLU dead near gray, common in a barely trained network): its panel is plain
+    gray, as stretching its untouched starting noise would look like a learned pattern."""
+    flat = np.zeros(len(patterns), dtype=bool) if flat is None else np.asarray(flat)
     figure, axes = _image_grid(*_grid(len(patterns)), (1.6, 1.75), (0.4, 0.8))
-    for axis, pattern, number in zip(axes.flat, patterns, filters):
-        axis.imshow(_stretch(pattern), cmap="gray", vmin=0, vmax=1)
-        axis.set_title(f"filter {number}", fontsize=9)
-    figure.suptitle(title, fontsize=11)
+    for axis, pattern, number, still in zip(axes.flat, patterns, filters, flat):
+        axis.imshow(np.full_like(pattern, 0.5) if still else _stretch(pattern), cmap="gray", vmin=0, vmax=1)
+        axis.set_title(f"{unit} {number}" + (": no gradient" if still else ""), fontsize=9)
+    note = f"\n{int(flat.sum())} of {len(flat)} had no gradient (plain gray)" if flat.any() else ""
+    _grid_title(figure, title + note, 11)
     return _save(figure, path)
 
 
-def plot_activations(face, activations, path, title, label=None):
-    """The face, then one activation map per channel (each with its own colour scale)."""
+def plot_activations(face, activations, path, title, label=None, unit="filter"):
+    """The face, then one activation map per channel, each on its own colour scale (its range in its
+    title); a map that is zero everywhere is drawn white, not as a dark response."""
     figure, axes = _image_grid(*_grid(activations.shape[-1] + 1), (1.6, 1.75), (0.4, 0.8))
     axes.flat[0].imshow(_face(face), cmap="gray", vmin=0, vmax=255)
     axes.flat[0].set_title("input" if label is None else f"input ({EMOTIONS[label]})", fontsize=9)
     for channel, axis in enumerate(axes.flat[1 : activations.shape[-1] + 1]):
-        axis.imshow(activations[..., channel], cmap="viridis")
-        axis.set_title(f"filter {channel}", fontsize=9)
-    figure.suptitle(title, fontsize=11)
+        values = activations[..., channel]
+        low, high = float(values.min()), float(values.max())
+        if low == high == 0:
+            axis.imshow(np.ones_like(values), cmap="gray", vmin=0, vmax=1)
+            axis.set_title(f"{unit} {channel}: all 0", fontsize=9)
+        else:
+            axis.imshow(values, cmap="viridis")
+            axis.set_title(f"{unit} {channel}\n{low:.2g} to {high:.2g}", fontsize=8)
+        axis.set_axis_on()
+        _bare(axis)
+    _grid_title(figure, title + "\neach map on its own colour scale (dark = its lowest, yellow = its highest)", 11)
     return _save(figure, path)
 
 
@@ -235,7 +269,7 @@ def plot_mistakes(faces, true, predicted, confidence, path, title):
     for index, axis in enumerate(axes.flat[: len(faces)]):
         axis.imshow(_face(faces[index]), cmap="gray", vmin=0, vmax=255)
         axis.set_title(_label_title(true[index], predicted[index], confidence[index]), fontsize=9)
-    figure.suptitle(title, fontsize=12)
+    _grid_title(figure, title, 12)
     return _save(figure, path)
 
 
@@ -345,11 +379,17 @@ def plot_histories(histories, path):
                     history["epoch"], history[f"val_{metric}"], color=colour, linewidth=1.8, marker=marker, label=name
                 )
             axis.plot(
-                history["epoch"], history[metric], color=colour, linewidth=1, linestyle="--", marker=marker, alpha=0.6
+                history["epoch"],
+                history[metric],
+                color=colour,
+                linewidth=1,
+                linestyle="--",
+                marker=marker and "x",
+                alpha=0.6,
             )
     for axis, metric in zip(axes, ("accuracy", "loss")):
-        axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid, train dashed")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid (points o), train dashed (x)")
+        axis.xaxis.set_major_locator(_epoch_ticks())
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.suptitle("Training histories", fontsize=13)
@@ -494,7 +534,8 @@ def filter_patterns(model, layer_name, count, steps=40, step_size=2.0, blur=0.7,
 
     All filters are optimized at once, one image each; steps use the RMS-normalized gradient so
     `step_size` is in pixel units whatever the layer's scale, and a light Gaussian blur every 4
-    steps keeps pixel noise out (Yosinski et al. 2015). Returns (patterns, filter numbers).
+    steps keeps pixel noise out (Yosinski et al. 2015). Returns (patterns, filter numbers, flat):
+    flat marks the filters whose gradient was zero at every step, whose image never left its start.
     """
     activations = keras.Model(model.input, model.get_layer(layer_name).output)
     channels = activations.output.shape[-1]
@@ -508,14 +549,21 @@ def filter_patterns(model, layer_name, count, steps=40, step_size=2.0, blur=0.7,
 
     rng = np.random.default_rng(seed)
     images = 128.0 + rng.normal(0.0, 4.0, (len(filters), *model.input_shape[1:])).astype("float32")
+    moved = np.zeros(len(filters), dtype=bool)
     for step in range(1, steps + 1):
         gradients = backend.input_gradients(objective, images)
+        moved |= np.abs(gradients).max(axis=(1, 2, 3)) > 0
         scale = np.sqrt(np.mean(gradients**2, axis=(1, 2, 3), keepdims=True)) + 1e-8
         images = np.clip(images + step_size * gradients / scale, 0.0, 255.0)
         if blur and step % 4 == 0:
             images = ndimage.gaussian_filter(images, sigma=(0, blur, blur, 0))
         images = images.astype("float32")
-    return images[..., 0], filters
+    return images[..., 0], filters, ~moved
+
+
+def _unit(model, layer_name):
+    """What a panel of the layer is: a depthwise convolution has one filter per input channel."""
+    return "channel" if isinstance(model.get_layer(layer_name), keras.layers.DepthwiseConv2D) else "filter"
 
 
 def layer_activations(model, layer_name, face):
@@ -820,9 +868,10 @@ def _prediction_figures(model, run, source, split, figures, options, target):
 
 
 def _filters_figure(model, run, layer, options, target):
-    patterns, filters = filter_patterns(model, layer, options.filters, options.steps, seed=options.seed)
-    title = f"{run.name}: {layer}, images that maximize each filter ({options.steps} gradient-ascent steps from gray)"
-    return plot_filters(patterns, filters, target / f"filters_{layer}.png", title)
+    patterns, filters, flat = filter_patterns(model, layer, options.filters, options.steps, seed=options.seed)
+    unit = _unit(model, layer)
+    title = f"{run.name}: {layer}, images that maximize each {unit} ({options.steps} gradient-ascent steps from gray)"
+    return plot_filters(patterns, filters, target / f"filters_{layer}.png", title, flat, unit)
 
 
 def _activations_figure(model, run, layer, split, options, target):
@@ -833,7 +882,8 @@ def _activations_figure(model, run, layer, split, options, target):
         f"{run.name}: {layer} activation maps ({maps.shape[0]}x{maps.shape[1]}) "
         f"for {options.split} image {options.face}"
     )
-    return plot_activations(face, maps, target / f"activations_{layer}.png", title, split.labels[options.face])
+    path = target / f"activations_{layer}.png"
+    return plot_activations(face, maps, path, title, split.labels[options.face], _unit(model, layer))
 
 
 def run_summary(runs):

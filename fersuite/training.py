@@ -470,13 +470,14 @@ def train(family, config, build_network, resume=None):
 def finish(run_dir, config, checkpoint, validation, wall, interrupted):
     """metrics.json (+ confusion matrix of best.keras on validation) from what the run finished."""
     history = pd.DataFrame(checkpoint.rows)
+    steady = history["seconds"][1:] if len(history) > 1 else history.get("seconds")  # the first epoch also compiles
     metrics = {
         "family": config["family"],
         "parameters": config["parameters"],
         "epochs_run": len(history),
         "wall_seconds": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
         "wall_seconds_this_session": round(wall, 1),
-        "seconds_per_epoch": round(float(history["seconds"].mean()), 2) if len(history) else None,
+        "seconds_per_epoch": round(float(steady.mean()), 2) if len(history) else None,
         "interrupted": interrupted,
         "diverged_epoch": checkpoint.diverged_epoch,
         "backend": backend.name(),

@@ -423,13 +423,55 @@ def test_histories_figure_has_a_validation_line_and_a_dashed_train_line_per_run(
     assert [text.get_text() for text in axis.get_legend().get_texts()] == ["first", "second"]
 
 
+def test_a_one_epoch_run_gets_one_whole_epoch_tick_and_a_visible_validation_point(drawn, tmp_path):
+    history = pd.DataFrame({"epoch": [1], "accuracy": [0.3], "val_accuracy": [0.35], "loss": [1.9], "val_loss": [1.8]})
+    plots.plot_history(history, tmp_path / "history.png", "run")
+    plots.plot_histories({"run": history}, tmp_path / "histories.png")
+    for figure in drawn:
+        for axis in figure.axes:
+            low, high = axis.get_xlim()
+            assert [tick for tick in axis.get_xticks() if low <= tick <= high] == [1], axis.get_title()
+    star = _line(_panel(drawn[0], "accuracy"), "best epoch 1")
+    assert star.get_markerfacecolor() == "none"
+    train = [line for line in _panel(drawn[1], "accuracy").get_lines() if line.get_linestyle() == "--"]
+    assert [line.get_marker() for line in train] == ["x"]
+
+
+def test_the_normalized_confusion_matrix_is_drawn_on_a_zero_to_one_scale(drawn, tmp_path):
+    labels, predictions = np.array([0, 0, 3, 3, 6, 6]), np.array([0, 3, 3, 6, 6, 0])  # every recall 0.5
+    plots.plot_confusion(evaluation.confusion_frame(labels, predictions).to_numpy(), tmp_path / "c.png", "run")
+    assert _panel(drawn[0], "row-normalized").images[0].get_clim() == (0, 1)
+    assert _panel(drawn[0], "counts").images[0].get_clim() == (0, 1)  # the largest count is 1
+
+
+def test_a_dead_filter_is_drawn_plain_and_named_and_a_depthwise_layer_has_channels(drawn, tmp_path):
+    """A ReLU filter that never fires near gray has no gradient: its image is its starting noise."""
+    inputs = keras.Input(INPUT_SHAPE)
+    x = layers.Conv2D(2, 3, activation="relu", name="conv")(inputs)
+    x = layers.DepthwiseConv2D(3, name="depthwise")(x)
+    model = keras.Model(inputs, layers.Dense(NUM_CLASSES, activation="softmax")(layers.Flatten()(x)))
+    kernel = np.zeros((3, 3, 1, 2), dtype="float32")
+    kernel[1, 1, 0, 0] = 1.0
+    model.get_layer("conv").set_weights([kernel, np.array([0.0, -1.0], dtype="float32")])
+    patterns, filters, flat = plots.filter_patterns(model, "conv", 2, steps=2)
+    assert flat.tolist() == [False, True]
+    plots.plot_filters(patterns, filters, tmp_path / "filters.png", "run", flat)
+    titles = [axis.get_title() for axis in drawn[0].axes if axis.get_title()]
+    assert titles == ["filter 0", "filter 1: no gradient"]
+    assert np.ptp(drawn[0].axes[1].images[0].get_array()) == 0
+    maps = np.stack([np.arange(9.0).reshape(3, 3), np.zeros((3, 3))], axis=-1)
+    plots.plot_activations(np.zeros(INPUT_SHAPE), maps, tmp_path / "maps.png", "run")
+    assert [axis.get_title() for axis in drawn[1].axes][1:3] == ["filter 0\n0 to 8", "filter 1: all 0"]
+    assert (plots._unit(model, "conv"), plots._unit(model, "depthwise")) == ("filter", "channel")
+
+
 def test_face_grids_title_each_face_and_mark_wrong_ones(drawn, tmp_path):
     faces = np.zeros((2, *INPUT_SHAPE), dtype="uint8")
     true, predicted, confidence = np.array([3, 0]), np.array([3, 6]), np.array([0.91, 0.55])
     plots.plot_mistakes(faces, true, predicted, confidence, tmp_path / "mistakes.png", "run")
     plots.plot_saliency(faces, np.ones((2, 48, 48)), true, predicted, confidence, tmp_path / "saliency.png", "run")
     mistakes, saliency = ([axis.title for axis in figure.axes if axis.get_title()] for figure in drawn)
-    expected = ["true Happy\npred Happy 0.91", "true Angry\npred Neutral 0.55"]
+    expected = ["true Happy\npred Happy 91.0%", "true Angry\npred Neutral 55.0%"]
     assert [title.get_text() for title in mistakes] == expected
     assert [title.get_text() for title in saliency] == expected
     assert [title.get_color() for title in saliency] == ["black", "tab:red"]

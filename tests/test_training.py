@@ -350,6 +350,19 @@ def test_best_keras_holds_its_epochs_row_and_is_counted_only_once_saved(tmp_path
     assert checkpoint.best_record["epoch"] == 1
 
 
+def test_speed_in_metrics_leaves_out_the_first_epoch_which_also_compiles(tmp_path):
+    checkpoint = callbacks.RunCheckpoint(tmp_path)
+    checkpoint.rows = [
+        {"epoch": 1, "val_accuracy": 0.3, "seconds": 6.0},
+        {"epoch": 2, "val_accuracy": 0.2, "seconds": 1.0},
+    ]
+    checkpoint.best_record = checkpoint.rows[0]
+    config = {"family": "dnn", "parameters": 10, "train_rows": 100}
+    metrics = training.finish(tmp_path, config, checkpoint, None, 7.5, interrupted=True)
+    assert (metrics["wall_seconds"], metrics["wall_seconds_this_session"]) == (7.0, 7.5)
+    assert (metrics["seconds_per_epoch"], metrics["train_images_per_second"]) == (1.0, 100.0)
+
+
 def test_a_run_saved_by_an_earlier_version_resumes_from_its_state_json(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with zipfile.ZipFile(tmp_path / "last.keras", "w") as archive:
