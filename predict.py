@@ -137,6 +137,14 @@ def score_validation(args, paths, models):
     validation = data.load_splits(args.data, args.val_split, args.split_seed, args.equalize).get("validation")
     if validation is None:
         raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
+    for path in paths:
+        held_out = evaluation.run_config(path).get("validation_rows")
+        if held_out is not None and held_out != len(validation.labels):
+            print(
+                f"warning: {path} held out {held_out:,} validation faces, this --data {len(validation.labels):,}: "
+                "not the faces its run validated on, so some may be faces it trained on",
+                file=sys.stderr,
+            )
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
     each, ensemble = evaluation.each_and_ensemble(models, validation.pixels, args.tta, args.batch_size, paths)
     for path, probabilities in zip(paths, each):

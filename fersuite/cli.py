@@ -267,8 +267,8 @@ def training_parser(description, defaults):
         type=finite,
         default=60.0,
         metavar="SECONDS",
-        help="save last.keras, the state --resume continues from, at most this often and at the end; "
-        "0 = after every epoch (default: %(default)s)",
+        help="save last.keras, the state --resume continues from, at most this often, on each new best "
+        "validation accuracy and at the end; 0 = after every epoch (default: %(default)s)",
     )
 
     optimization = parser.add_argument_group("optimization")

@@ -33,21 +33,25 @@ def load_model(path):
     return model
 
 
+def run_config(model_path):
+    """The config.json of the training run a model file belongs to (RUN/best.keras); {} for a file
+    outside a run, such as a shipped model."""
+    import json
+    from pathlib import Path
+
+    config_path = Path(model_path).parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) and "family" in config else {}
+
+
 def trained_setting(paths, read, flag):
     """A data setting as the models' runs trained with it (`read(config)` on the config.json beside a
     run's best.keras; a file with none, such as a shipped model, gives `read({})`, the default). Models
     that differ are refused: no one setting reads the faces as each of them was trained."""
-    import json
-    from pathlib import Path
-
-    found = {}
-    for path in paths:
-        config_path = Path(path).parent / "config.json"
-        try:
-            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        except (OSError, ValueError):
-            config = {}
-        found[str(path)] = read(config if isinstance(config, dict) and "family" in config else {})
+    found = {str(path): read(run_config(path)) for path in paths}
     if len(set(found.values())) > 1:
         trained = ", ".join(f"{value} ({path})" for path, value in found.items())
         raise UserError(f"the models were trained with different {flag}: {trained}; give {flag}")

@@ -104,6 +104,36 @@ def check_config(config):
         raise UserError(f"--teacher-temperature must be positive, got {config['teacher_temperature']}")
 
 
+def warn_of_other_faces(config, train_rows, validation_rows, log):
+    """--init-from and --teacher models whose runs split other faces (their config.json says): their
+    training faces may be among this run's validation faces, which inflates its validation accuracy.
+    Rows, not file hashes, are compared: a packed copy of the same CSV splits the same faces."""
+    here = {
+        "training faces": train_rows,
+        "validation faces": validation_rows,
+        "--split-seed": split_seed(config),
+        "--equalize": equalize_mode(config),
+    }
+    for path in [config.get("init_from"), *(config.get("teacher") or [])]:
+        run = evaluation.run_config(path) if path else {}
+        there = {
+            "training faces": run.get("train_rows"),
+            "validation faces": run.get("validation_rows"),
+            "--split-seed": split_seed(run),
+            "--equalize": equalize_mode(run),
+        }
+        differing = [
+            f"{name} {there[name]} there, {here[name]} here"
+            for name in here
+            if there[name] is not None and there[name] != here[name]
+        ]
+        if run and differing:  # a file outside a run says nothing of its split
+            log(
+                f"warning: {path} was trained on another split ({'; '.join(differing)}): its training faces may be "
+                "among this run's validation faces, inflating its validation accuracy"
+            )
+
+
 def build_optimizer(config, steps_per_epoch):
     learning_rate = config["lr"]
     if config["schedule"] == "cosine" and not config.get("time_budget"):
@@ -412,6 +442,8 @@ def train(family, config, build_network, resume=None):
         print(f"--batch-size {config['batch_size']} is more than the {len(train_split):,} training images: "
               f"using {len(train_split):,}")
         config = {**config, "batch_size": len(train_split)}
+    if not resume:
+        warn_of_other_faces(config, len(train_split), len(validation), lambda line: print(line, file=sys.stderr))
     targets = training_targets(config, train_split.pixels, train_split.labels)
     if resume:
         run_dir = Path(resume)
@@ -448,10 +480,12 @@ def train(family, config, build_network, resume=None):
         interrupted = True
     metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
     if interrupted:
-        if (run_dir / "last.keras").exists():
+        saved = read_entry(run_dir / "last.keras") if (run_dir / "last.keras").exists() else None
+        if saved is not None:
             print(
                 f"\ninterrupted: best model and history are in {run_dir}\n"
-                f"resume with: python {_script(family)} --resume {run_dir}",
+                f"resume with: python {_script(family)} --resume {run_dir} (it goes on after epoch "
+                f"{saved['epochs_done']}, the last one last.keras saved)",
                 file=sys.stderr,
             )
         else:
@@ -477,7 +511,7 @@ def finish(run_dir, config, checkpoint, validation, wall, interrupted):
         "epochs_run": len(history),
         "wall_seconds": round(float(history["seconds"].sum()), 1) if len(history) else 0.0,
         "wall_seconds_this_session": round(wall, 1),
-        "seconds_per_epoch": round(float(steady.mean()), 2) if len(history) else None,
+        "seconds_per_epoch": round(float(steady.mean()), 3) if len(history) else None,
         "interrupted": interrupted,
         "diverged_epoch": checkpoint.diverged_epoch,
         "backend": backend.name(),
@@ -485,7 +519,8 @@ def finish(run_dir, config, checkpoint, validation, wall, interrupted):
     best = checkpoint.best_record  # best.keras's epoch, which a resumed run may have run again since
     if best is not None:
         metrics.update(best_val_accuracy=float(best[MONITOR]), best_epoch=int(best["epoch"]))
-        metrics["train_images_per_second"] = round(config["train_rows"] / metrics["seconds_per_epoch"], 1)
+        pace = float(steady.mean())
+        metrics["train_images_per_second"] = round(config["train_rows"] / pace, 1) if pace > 0 else None
     best_path = Path(run_dir) / "best.keras"
     if best_path.exists() and not interrupted:
         model = evaluation.load_model(best_path)

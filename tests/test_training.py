@@ -363,6 +363,44 @@ def test_speed_in_metrics_leaves_out_the_first_epoch_which_also_compiles(tmp_pat
     assert (metrics["seconds_per_epoch"], metrics["train_images_per_second"]) == (1.0, 100.0)
 
 
+def test_last_keras_is_saved_with_each_new_best_so_a_resume_keeps_the_best_epochs_row(tmp_path, monkeypatch):
+    """Saved once a minute only, a Ctrl-C 60 fast epochs on left best.keras holding an epoch that the
+    resumed run then ran again, its history.csv row replaced by another."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    checkpoint = callbacks.RunCheckpoint(tmp_path, resume_every=3600)
+    checkpoint.set_model(model)
+    saved, save = [], checkpoint.save_resume_state
+    monkeypatch.setattr(checkpoint, "save_resume_state", lambda done: (saved.append(done), save(done)))
+    for epoch, accuracy in enumerate([0.4, 0.3, 0.5, 0.45]):
+        checkpoint.on_epoch_begin(epoch)
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_accuracy": accuracy})
+    assert saved == [1, 3]
+
+
+def test_a_model_from_a_run_on_another_split_is_warned_about(tmp_path):
+    """--init-from and --teacher models from runs whose config.json says they split other faces."""
+    model = tmp_path / "runs" / "cnn-1" / "best.keras"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    config = {"init_from": str(model), "teacher": [str(model)], "split_seed": 0, "equalize": "auto"}
+    for recorded, expected in [
+        ({"train_rows": 90, "validation_rows": 10}, []),
+        ({"train_rows": 70, "validation_rows": 30}, ["training faces 70 there, 90 here", "validation faces 30 there"]),
+        ({"train_rows": 90, "validation_rows": 10, "split_seed": 1}, ["--split-seed 1 there, 0 here"]),
+        ({"train_rows": 90, "validation_rows": 10, "equalize": "never"}, ["--equalize never there, auto here"]),
+    ]:
+        (model.parent / "config.json").write_text(json.dumps({"family": "cnn", **recorded}))
+        warnings = []
+        training.warn_of_other_faces(config, 90, 10, warnings.append)
+        assert len(warnings) == (2 if expected else 0)  # the model as --init-from and as --teacher
+        assert all(part in warning for part in expected for warning in warnings)
+    (model.parent / "config.json").unlink()  # a model outside a run: nothing known of its split
+    warnings = []
+    training.warn_of_other_faces({**config, "split_seed": 1}, 90, 10, warnings.append)
+    assert warnings == []
+
+
 def test_a_run_saved_by_an_earlier_version_resumes_from_its_state_json(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with zipfile.ZipFile(tmp_path / "last.keras", "w") as archive:
@@ -541,7 +579,8 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert f"resume with: python {PROJECT / 'train_mobilenet.py'} --resume {run_dir}" in stderr  # as it was called
-    assert (run_dir / "last.keras").exists()
+    saved = callbacks.read_entry(run_dir / "last.keras")["epochs_done"]
+    assert f"(it goes on after epoch {saved}, the last one last.keras saved)" in stderr
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
 
