@@ -117,34 +117,47 @@ def model_paths(args):
     return shipped
 
 
-def trained_data_settings(args, paths):
-    """--equalize, and with --validation the split's settings, as the models' runs trained unless given."""
+def validation_split(args, paths):
+    """The split train_*.py held out: --val-split and --split-seed as the models' runs trained unless
+    given (a fer2013.csv holds out its PublicTest rows whatever they are)."""
+    from fersuite import data, evaluation
+    from fersuite.errors import UserError
+
+    table = data.load_table(args.data, equalize=args.equalize)
+    if table.layout != "fer2013":
+        if args.val_split is None:
+            args.val_split = evaluation.trained_setting(paths, data.val_split, "--val-split")
+        if args.split_seed is None:
+            args.split_seed = evaluation.trained_setting(paths, data.split_seed, "--split-seed")
+    validation = data.split_table(table, args.val_split or 0.1, args.split_seed or 0).get("validation")
+    if validation is None:
+        raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
+    return validation
+
+
+def warn_of_other_faces(paths, validation):
+    """A run that validated on other faces than this split's (its config.json says) has trained on some
+    of them: its score here is inflated. Runs from before the faces' hash are compared by count."""
     from fersuite import data, evaluation
 
-    if args.equalize is None:
-        args.equalize = evaluation.trained_setting(paths, data.equalize_mode, "--equalize")
-    if args.validation and args.val_split is None:
-        args.val_split = evaluation.trained_setting(paths, lambda config: config.get("val_split", 0.1), "--val-split")
-    if args.validation and args.split_seed is None:
-        args.split_seed = evaluation.trained_setting(paths, data.split_seed, "--split-seed")
+    digest = data.faces_digest(validation.pixels)
+    for path in paths:
+        run = evaluation.run_config(path)
+        rows = run.get("validation_rows", len(validation))
+        if run.get("validation_digest", digest) != digest or rows != len(validation):
+            print(
+                f"warning: {path} validated on other faces ({rows:,}) than this split's ({len(validation):,}): "
+                "some may be faces it trained on",
+                file=sys.stderr,
+            )
 
 
 def score_validation(args, paths, models):
     """Accuracy of each model and of their ensemble on the held-out validation split."""
-    from fersuite import data, evaluation
-    from fersuite.errors import UserError
+    from fersuite import evaluation
 
-    validation = data.load_splits(args.data, args.val_split, args.split_seed, args.equalize).get("validation")
-    if validation is None:
-        raise UserError(f"{args.data}: has no labeled rows to hold out for validation")
-    for path in paths:
-        held_out = evaluation.run_config(path).get("validation_rows")
-        if held_out is not None and held_out != len(validation.labels):
-            print(
-                f"warning: {path} held out {held_out:,} validation faces, this --data {len(validation.labels):,}: "
-                "not the faces its run validated on, so some may be faces it trained on",
-                file=sys.stderr,
-            )
+    validation = validation_split(args, paths)
+    warn_of_other_faces(paths, validation)
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
     each, ensemble = evaluation.each_and_ensemble(models, validation.pixels, args.tta, args.batch_size, paths)
     for path, probabilities in zip(paths, each):
@@ -159,7 +172,8 @@ def main():
     from fersuite.errors import UserError
 
     paths = model_paths(args)
-    trained_data_settings(args, paths)
+    if args.equalize is None:  # as the models' runs read their faces
+        args.equalize = evaluation.trained_setting(paths, data.equalize_mode, "--equalize")
     table = None
     if args.data and not args.validation:
         table = data.load_table(args.data, equalize=args.equalize)

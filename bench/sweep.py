@@ -74,33 +74,25 @@ def parse_args():
     return args
 
 
-def finished_run(runs_dir, label, digest, line):
+def finished_run(runs_dir, label, digest, settings):
     """The newest finished run of one size (not interrupted, not diverged) on the data with this content
-    digest, trained by this command line (epochs and the size's flags); each size has its own runs
-    folder, where a --quick run must not stand in for a full one."""
+    digest, whose command ended with these settings (epochs and the size's flags): where the project,
+    the data or the runs folder lie does not matter. Each size has its own runs folder, where a --quick
+    run must not stand in for a full one."""
     for metrics_path in sorted((Path(runs_dir) / label).glob("*/metrics.json"), reverse=True):
         config_path = metrics_path.parent / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        same = (config.get("data_digest"), config.get("command")) == (digest, " ".join(line[1:]))
+        same = config.get("data_digest") == digest and config.get("command", "").endswith(" ".join(settings))
         metrics = json.loads(metrics_path.read_text())
         if same and not metrics.get("interrupted") and metrics.get("diverged_epoch") is None:
             return metrics_path.parent
     return None
 
 
-def command(family, label, flags, args):
-    return [
-        sys.executable,
-        str(PROJECT / f"train_{family}.py"),
-        "--data",
-        args.data,
-        "--epochs",
-        str(args.epochs),
-        "--runs-dir",
-        str(Path(args.runs_dir) / label),
-        "--quiet",
-        *flags,
-    ]
+def command_paths(family, label, args):
+    """A size's training command up to its settings: the script, the data and the runs folder."""
+    script = str(PROJECT / f"train_{family}.py")
+    return [sys.executable, script, "--data", args.data, "--runs-dir", str(Path(args.runs_dir) / label)]
 
 
 def run_sizes(args):
@@ -112,14 +104,15 @@ def run_sizes(args):
     for family, label, flags in SIZES:
         if family not in args.families or label not in args.sizes:
             continue
-        line = command(family, label, flags, args)
-        run_dir = finished_run(args.runs_dir, label, digest, line)
+        recognised_by = ["--epochs", str(args.epochs), "--quiet", *flags]
+        run_dir = finished_run(args.runs_dir, label, digest, recognised_by)
         if run_dir is None:
+            line = [*command_paths(family, label, args), *recognised_by]
             print(" ".join(line), flush=True)
             if args.dry_run:
                 continue
             cli.run_script(line)
-            run_dir = finished_run(args.runs_dir, label, digest, line)
+            run_dir = finished_run(args.runs_dir, label, digest, recognised_by)
         sizes.append((label, run_dir))
     return sizes
 

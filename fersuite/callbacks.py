@@ -88,6 +88,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.rows = list(history or [])
+        self.session_start = len(self.rows)  # rows before it come from the sessions before a resume
         # best.keras's epoch: after a resume it may be one that was run again since, not in self.rows
         self.best_record = best_record
         self.resume_every = resume_every

@@ -13,7 +13,6 @@ import hashlib
 import io
 import lzma
 import os
-import tarfile
 import warnings
 import zipfile
 from dataclasses import dataclass, replace
@@ -69,6 +68,12 @@ def file_digest(path):
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def faces_digest(pixels):
+    """One hash of a split's faces in their order: runs with the same one validated on the same faces,
+    whichever file (CSV or packed) or layout they came from."""
+    return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16).hexdigest()
 
 
 def check_readable_file(path):
@@ -127,7 +132,7 @@ def _load_packed(path):
             fields = {name: arrays[name] for name in arrays.files}
         fields.pop("equalized", None)  # written by session 24's packs, whose faces were judged as they are now
         return Table(**{**fields, "layout": str(fields["layout"])})
-    except (OSError, EOFError, lzma.LZMAError, ValueError, KeyError, TypeError) as error:
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a packed FER table, or truncated ({type(error).__name__})") from None
 
 
@@ -174,7 +179,7 @@ def _read_frame(path):
         raise UserError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as error:
         raise UserError(f"{path}: malformed CSV: {str(error).strip()}") from None
-    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zipfile.BadZipFile, tarfile.TarError, OSError) as error:
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zipfile.BadZipFile, OSError) as error:
         raise UserError(f"{path}: cannot read the file, truncated or corrupt ({error})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text CSV file") from None
@@ -340,6 +345,11 @@ def _stratified_split(labels, val_split, seed):
             return train_test_split(rows, test_size=val_split, random_state=seed)
         except ValueError:
             return rows, rows[:0]
+
+
+def val_split(config):
+    """A run's --val-split; 0.1, the default, for a file outside a run."""
+    return config.get("val_split", 0.1)
 
 
 def split_seed(config):

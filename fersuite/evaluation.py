@@ -1,6 +1,8 @@
 """Predictions (with test-time augmentation and ensembles), accuracy, confusion matrix, submission."""
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,9 +38,6 @@ def load_model(path):
 def run_config(model_path):
     """The config.json of the training run a model file belongs to (RUN/best.keras); {} for a file
     outside a run, such as a shipped model."""
-    import json
-    from pathlib import Path
-
     config_path = Path(model_path).parent / "config.json"
     try:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}

@@ -371,6 +371,7 @@ def plot_histories(histories, path):
     figure = Figure(figsize=(13, 5), layout="constrained")
     axes = figure.subplots(1, 2)
     colours = _line_colours(len(histories))
+    marked = any(len(history) <= 30 for history in histories.values())
     for colour, (name, history) in zip(colours, histories.items()):
         marker = "o" if len(history) <= 30 else None  # a run of one epoch is a point, not a line
         for axis, metric in zip(axes, ("accuracy", "loss")):
@@ -388,7 +389,8 @@ def plot_histories(histories, path):
                 alpha=0.6,
             )
     for axis, metric in zip(axes, ("accuracy", "loss")):
-        axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid (points o), train dashed (x)")
+        points = " (points o), train dashed (x)" if marked else ", train dashed"
+        axis.set(xlabel="epoch", ylabel=metric, title=f"{metric}: validation solid{points}")
         axis.xaxis.set_major_locator(_epoch_ticks())
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

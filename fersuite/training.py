@@ -35,7 +35,15 @@ from fersuite.callbacks import (
     best_row,
     read_entry,
 )
-from fersuite.data import check_readable_file, equalize_mode, file_digest, load_splits, recorded_path, split_seed
+from fersuite.data import (
+    check_readable_file,
+    equalize_mode,
+    faces_digest,
+    file_digest,
+    load_splits,
+    recorded_path,
+    split_seed,
+)
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
 
@@ -104,33 +112,39 @@ def check_config(config):
         raise UserError(f"--teacher-temperature must be positive, got {config['teacher_temperature']}")
 
 
-def warn_of_other_faces(config, train_rows, validation_rows, log):
-    """--init-from and --teacher models whose runs split other faces (their config.json says): their
-    training faces may be among this run's validation faces, which inflates its validation accuracy.
-    Rows, not file hashes, are compared: a packed copy of the same CSV splits the same faces."""
+def warn_of_other_faces(config, train_rows, validation, log):
+    """--init-from and --teacher models from runs that validated on other faces (their config.json
+    says): their training faces may be among this run's validation faces, which inflates its
+    validation accuracy. Runs record a hash of their validation faces, the same for a CSV and its
+    packed copy; runs from before it are compared by their row counts and split settings."""
     here = {
+        "validation faces": faces_digest(validation.pixels),
         "training faces": train_rows,
-        "validation faces": validation_rows,
+        "validation rows": len(validation),
         "--split-seed": split_seed(config),
         "--equalize": equalize_mode(config),
     }
     for path in [config.get("init_from"), *(config.get("teacher") or [])]:
         run = evaluation.run_config(path) if path else {}
         there = {
+            "validation faces": run.get("validation_digest"),
             "training faces": run.get("train_rows"),
-            "validation faces": run.get("validation_rows"),
+            "validation rows": run.get("validation_rows"),
             "--split-seed": split_seed(run),
             "--equalize": equalize_mode(run),
         }
-        differing = [
-            f"{name} {there[name]} there, {here[name]} here"
-            for name in here
-            if there[name] is not None and there[name] != here[name]
-        ]
-        if run and differing:  # a file outside a run says nothing of its split
+        if there["validation faces"] is not None:
+            differing = ["other validation faces"] if there["validation faces"] != here["validation faces"] else []
+        else:
+            differing = [
+                f"{name} {there[name]} there, {here[name]} here"
+                for name in list(here)[1:]
+                if there[name] is not None and there[name] != here[name]
+            ]
+        if run and differing:  # a file outside a run says nothing of its faces
             log(
-                f"warning: {path} was trained on another split ({'; '.join(differing)}): its training faces may be "
-                "among this run's validation faces, inflating its validation accuracy"
+                f"warning: {path} was trained with another validation split ({'; '.join(differing)}): its training "
+                "faces may be among this run's validation faces, inflating its validation accuracy"
             )
 
 
@@ -413,6 +427,7 @@ def _new_run(family, config, build_network, train_split, validation, use_gpu):
         "teacher_digests": [file_digest(teacher) for teacher in config.get("teacher") or []],
         "train_rows": len(train_split),
         "validation_rows": len(validation),
+        "validation_digest": faces_digest(validation.pixels),
         "parameters": model.count_params(),
         "trainable_parameters": trainable_parameter_count(model),
         "versions": {**backend.versions(), "fersuite": __version__},
@@ -443,7 +458,7 @@ def train(family, config, build_network, resume=None):
               f"using {len(train_split):,}")
         config = {**config, "batch_size": len(train_split)}
     if not resume:
-        warn_of_other_faces(config, len(train_split), len(validation), lambda line: print(line, file=sys.stderr))
+        warn_of_other_faces(config, len(train_split), validation, lambda line: print(line, file=sys.stderr))
     targets = training_targets(config, train_split.pixels, train_split.labels)
     if resume:
         run_dir = Path(resume)
@@ -480,14 +495,16 @@ def train(family, config, build_network, resume=None):
         interrupted = True
     metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
     if interrupted:
-        saved = read_entry(run_dir / "last.keras") if (run_dir / "last.keras").exists() else None
-        if saved is not None:
+        if (run_dir / "last.keras").exists():
+            saved = read_entry(run_dir / "last.keras") or {}  # none in a run begun before it moved inside
             print(
                 f"\ninterrupted: best model and history are in {run_dir}\n"
-                f"resume with: python {_script(family)} --resume {run_dir} (it goes on after epoch "
-                f"{saved['epochs_done']}, the last one last.keras saved)",
+                f"resume with: python {_script(family)} --resume {run_dir}",
                 file=sys.stderr,
             )
+            if "epochs_done" in saved:
+                done = saved["epochs_done"]
+                print(f"(it goes on after epoch {done}, the last one last.keras saved)", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
         raise SystemExit(130)
@@ -504,7 +521,10 @@ def train(family, config, build_network, resume=None):
 def finish(run_dir, config, checkpoint, validation, wall, interrupted):
     """metrics.json (+ confusion matrix of best.keras on validation) from what the run finished."""
     history = pd.DataFrame(checkpoint.rows)
-    steady = history["seconds"][1:] if len(history) > 1 else history.get("seconds")  # the first epoch also compiles
+    # the first epoch of each session also compiles: this session's others, if any, give the pace
+    steady = history.get("seconds")
+    if len(history) > checkpoint.session_start + 1:
+        steady = steady[checkpoint.session_start + 1 :]
     metrics = {
         "family": config["family"],
         "parameters": config["parameters"],

@@ -33,23 +33,26 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     assert unknown.returncode == 2 and "error: unknown size cnn-9;" in unknown.stderr
 
 
-def test_sweep_reuses_only_a_run_of_the_same_command_that_neither_stopped_nor_diverged(tmp_path):
-    """A size whose flags changed, or whose run's loss became NaN, is trained again."""
+def test_sweep_reuses_only_a_run_of_the_same_settings_that_neither_stopped_nor_diverged(tmp_path):
+    """A size whose flags or epochs changed, or whose run's loss became NaN, is trained again; a
+    project, data file or runs folder moved elsewhere is not a reason to."""
     from bench import sweep
 
-    line = ["python", "train_mobilenet.py", "--epochs", "1", "--alpha", "0.25"]
+    settings = ["--epochs", "1", "--quiet", "--alpha", "0.25"]
     run = tmp_path / "mobilenet-5k" / "mobilenet-1"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"data_digest": "d", "command": " ".join(line[1:])}))
+    recorded = "/old/project/train_mobilenet.py --data /old/train.csv --runs-dir /old/runs/mobilenet-5k"
+    (run / "config.json").write_text(json.dumps({"data_digest": "d", "command": f"{recorded} {' '.join(settings)}"}))
 
-    def found(digest="d", command=line, **metrics):
+    def found(digest="d", settings=settings, **metrics):
         (run / "metrics.json").write_text(json.dumps({"interrupted": False, "diverged_epoch": None, **metrics}))
-        return sweep.finished_run(tmp_path, "mobilenet-5k", digest, command)
+        return sweep.finished_run(tmp_path, "mobilenet-5k", digest, settings)
 
     assert found() == run
     assert found(interrupted=True) is None
     assert found(diverged_epoch=1) is None
-    assert found(command=[*line[:-1], "0.5"]) is None
+    assert found(settings=[*settings[:-1], "0.5"]) is None
+    assert found(settings=["--epochs", "11", *settings[2:]]) is None
     assert found(digest="e") is None
 
 

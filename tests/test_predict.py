@@ -265,9 +265,11 @@ def test_validation_holds_out_the_split_the_models_run_held_out(trained_model, t
         validation.labels, evaluation.predict_probabilities([evaluation.load_model(model)], validation.pixels)
     )
     assert f"{expected:.4f}  {model}" in result.stdout and "warning" not in result.stderr
-    other = _in_run(trained_model, tmp_path / "runs" / "mobilenet-2", val_split=0.25, split_seed=3, validation_rows=99)
-    warned = run_script("predict.py", *args[:2], other, *args[3:], check=True)
-    assert f"warning: {other} held out 99 validation faces, this --data {len(validation.labels)}:" in warned.stderr
+    count = len(validation.labels)
+    for name, recorded, shown in [("fewer", {"validation_rows": 99}, 99), ("other", {"validation_digest": "0"}, count)]:
+        other = _in_run(trained_model, tmp_path / "runs" / name, val_split=0.25, split_seed=3, **recorded)
+        warned = run_script("predict.py", *args[:2], other, *args[3:], check=True)
+        assert f"warning: {other} validated on other faces ({shown}) than this split's ({count}):" in warned.stderr
 
 
 def test_int8_shipping_quantizes_dense_kernels(trained_model, tmp_path):

@@ -350,17 +350,19 @@ def test_best_keras_holds_its_epochs_row_and_is_counted_only_once_saved(tmp_path
     assert checkpoint.best_record["epoch"] == 1
 
 
-def test_speed_in_metrics_leaves_out_the_first_epoch_which_also_compiles(tmp_path):
-    checkpoint = callbacks.RunCheckpoint(tmp_path)
-    checkpoint.rows = [
-        {"epoch": 1, "val_accuracy": 0.3, "seconds": 6.0},
-        {"epoch": 2, "val_accuracy": 0.2, "seconds": 1.0},
-    ]
-    checkpoint.best_record = checkpoint.rows[0]
+def test_speed_in_metrics_leaves_out_the_first_epoch_of_a_session_which_also_compiles(tmp_path):
+    def rows(*seconds, start=1):
+        return [{"epoch": start + index, "val_accuracy": 0.3, "seconds": value} for index, value in enumerate(seconds)]
+
     config = {"family": "dnn", "parameters": 10, "train_rows": 100}
+    checkpoint = callbacks.RunCheckpoint(tmp_path, rows(6.0, 1.0), rows(6.0)[0])
+    checkpoint.session_start = 0  # a fresh run: both rows are this session's
     metrics = training.finish(tmp_path, config, checkpoint, None, 7.5, interrupted=True)
     assert (metrics["wall_seconds"], metrics["wall_seconds_this_session"]) == (7.0, 7.5)
     assert (metrics["seconds_per_epoch"], metrics["train_images_per_second"]) == (1.0, 100.0)
+    resumed = callbacks.RunCheckpoint(tmp_path, rows(6.0, 1.0), rows(6.0)[0])
+    resumed.rows += rows(5.0, 2.0, 2.0, start=3)  # compiled again, then 2 s per epoch
+    assert training.finish(tmp_path, config, resumed, None, 9.0, interrupted=True)["seconds_per_epoch"] == 2.0
 
 
 def test_last_keras_is_saved_with_each_new_best_so_a_resume_keeps_the_best_epochs_row(tmp_path, monkeypatch):
@@ -384,20 +386,24 @@ def test_a_model_from_a_run_on_another_split_is_warned_about(tmp_path):
     model.parent.mkdir(parents=True)
     model.write_bytes(b"weights")
     config = {"init_from": str(model), "teacher": [str(model)], "split_seed": 0, "equalize": "auto"}
+    validation = Split(np.arange(10 * 48 * 48, dtype="uint8").reshape(10, 48, 48, 1), np.zeros(10), np.arange(10))
+    faces = training.faces_digest(validation.pixels)
     for recorded, expected in [
         ({"train_rows": 90, "validation_rows": 10}, []),
-        ({"train_rows": 70, "validation_rows": 30}, ["training faces 70 there, 90 here", "validation faces 30 there"]),
+        ({"train_rows": 70, "validation_rows": 30}, ["training faces 70 there, 90 here", "validation rows 30 there"]),
         ({"train_rows": 90, "validation_rows": 10, "split_seed": 1}, ["--split-seed 1 there, 0 here"]),
         ({"train_rows": 90, "validation_rows": 10, "equalize": "never"}, ["--equalize never there, auto here"]),
+        ({"train_rows": 90, "validation_rows": 10, "split_seed": 1, "validation_digest": faces}, []),  # fer2013's
+        ({"train_rows": 90, "validation_rows": 10, "validation_digest": "0"}, ["other validation faces"]),
     ]:
         (model.parent / "config.json").write_text(json.dumps({"family": "cnn", **recorded}))
         warnings = []
-        training.warn_of_other_faces(config, 90, 10, warnings.append)
+        training.warn_of_other_faces(config, 90, validation, warnings.append)
         assert len(warnings) == (2 if expected else 0)  # the model as --init-from and as --teacher
         assert all(part in warning for part in expected for warning in warnings)
     (model.parent / "config.json").unlink()  # a model outside a run: nothing known of its split
     warnings = []
-    training.warn_of_other_faces({**config, "split_seed": 1}, 90, 10, warnings.append)
+    training.warn_of_other_faces({**config, "split_seed": 1}, 90, validation, warnings.append)
     assert warnings == []
 
 
@@ -580,7 +586,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     assert process.returncode == 130
     assert f"resume with: python {PROJECT / 'train_mobilenet.py'} --resume {run_dir}" in stderr  # as it was called
     saved = callbacks.read_entry(run_dir / "last.keras")["epochs_done"]
-    assert f"(it goes on after epoch {saved}, the last one last.keras saved)" in stderr
+    assert f"--resume {run_dir}\n(it goes on after epoch {saved}, the last one last.keras saved)" in stderr
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
 
