@@ -272,6 +272,15 @@ def test_validation_holds_out_the_split_the_models_run_held_out(trained_model, t
         assert f"warning: {other} validated on other faces ({shown}) than this split's ({count}):" in warned.stderr
 
 
+def test_split_flags_of_runs_matter_only_for_a_file_split_by_them(known_model, train_csv, fer2013_csv, tmp_path):
+    """A fer2013.csv validates on its PublicTest rows whatever --split-seed a run had."""
+    seeded = _in_run(known_model, tmp_path / "runs" / "seeded", split_seed=3)
+    args = ("predict.py", "--validation", "--model", seeded, "--model", known_model, "--tta", "none")
+    assert run_script(*args, "--data", fer2013_csv).returncode == 0
+    refused = run_script(*args, "--data", train_csv)
+    assert refused.returncode == 2 and "trained with different --split-seed: 3" in refused.stderr, refused.stderr
+
+
 def test_int8_shipping_quantizes_dense_kernels(trained_model, tmp_path):
     import keras
 

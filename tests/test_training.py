@@ -65,6 +65,7 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert list(confusion.index) == list(EMOTIONS) == list(confusion.columns)
     assert confusion.sum(axis=1).tolist() == np.bincount(validation.labels, minlength=7).tolist()  # rows: true
     assert confusion.to_numpy().sum() == config["validation_rows"] == len(validation)
+    assert config["validation_digest"] == training.faces_digest(validation.pixels)
     load_model(run_dir / "best.keras")
     assert optimizer_variables(run_dir / "best.keras") == 0 < optimizer_variables(run_dir / "last.keras")
 
