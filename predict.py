@@ -15,7 +15,8 @@ ensemble; models/README.md has the figures.
 --validation scores each model and the ensemble on the validation split that train_*.py held
 out, to choose models and TTA without touching the test set. Unless given, --val-split,
 --split-seed and --equalize are those of the models' runs (config.json beside RUN/best.keras),
-else the training scripts' defaults, as for the shipped models.
+else the training scripts' defaults, as for the shipped models; a fer2013.csv holds out its
+PublicTest rows whatever the split flags say.
 """
 
 import csv
@@ -135,16 +136,23 @@ def validation_split(args, paths):
     return validation
 
 
-def warn_of_other_faces(paths, validation):
+def warn_of_other_faces(args, paths, validation):
     """A run that validated on other faces than this split's (its config.json says) has trained on some
-    of them: its score here is inflated. Runs from before the faces' hash are compared by count."""
+    of them: its score here is inflated. Runs from before the faces' hash are compared by count; a run
+    that read its faces with another --equalize (given here) is named for that."""
     from fersuite import data, evaluation
 
     digest = data.faces_digest(validation.pixels)
     for path in paths:
         run = evaluation.run_config(path)
         rows = run.get("validation_rows", len(validation))
-        if run.get("validation_digest", digest) != digest or rows != len(validation):
+        if run and data.equalize_mode(run) != args.equalize:
+            print(
+                f"warning: {path} was trained on faces read with --equalize {data.equalize_mode(run)}, "
+                f"scored here with --equalize {args.equalize}",
+                file=sys.stderr,
+            )
+        elif run.get("validation_digest", digest) != digest or rows != len(validation):
             print(
                 f"warning: {path} validated on other faces ({rows:,}) than this split's ({len(validation):,}): "
                 "some may be faces it trained on",
@@ -157,7 +165,7 @@ def score_validation(args, paths, models):
     from fersuite import evaluation
 
     validation = validation_split(args, paths)
-    warn_of_other_faces(paths, validation)
+    warn_of_other_faces(args, paths, validation)
     print(f"validation split: {len(validation.labels):,} images, tta {args.tta}")
     each, ensemble = evaluation.each_and_ensemble(models, validation.pixels, args.tta, args.batch_size, paths)
     for path, probabilities in zip(paths, each):

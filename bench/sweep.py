@@ -9,8 +9,8 @@ Each size is an ordinary `train_*.py` run (its own run directory under --runs-di
 metrics.json); the sweep then prints a table and writes runs.csv/.md, parameters_vs_accuracy.png (HW8's
 question) and histories.png with report_plots' helpers. An interrupted sweep
 continues where it stopped: a size whose run already finished, on the same data with the same
-command line, is not trained again (one that diverged is). A change to a training script's defaults
-is not seen: give such a sweep its own --runs-dir.
+--epochs and flags, is not trained again (one that diverged is). A change to a training script's
+defaults is not seen: give such a sweep its own --runs-dir.
 """
 
 import argparse
@@ -74,15 +74,24 @@ def parse_args():
     return args
 
 
+def recorded_settings(command):
+    """A run's command line as config.json records it, less the script, --data and --runs-dir (paths,
+    which may have moved since; a path with a space in it spoils the split, and the size is trained again)."""
+    start = command.find(" --")
+    tokens = command[start + 1 :].split(" ") if start >= 0 else []
+    flags = {index for index, token in enumerate(tokens) if token in ("--data", "--runs-dir")}
+    return [token for index, token in enumerate(tokens) if index not in flags and index - 1 not in flags]
+
+
 def finished_run(runs_dir, label, digest, settings):
     """The newest finished run of one size (not interrupted, not diverged) on the data with this content
-    digest, whose command ended with these settings (epochs and the size's flags): where the project,
-    the data or the runs folder lie does not matter. Each size has its own runs folder, where a --quick
-    run must not stand in for a full one."""
+    digest, trained with these settings (epochs and the size's flags), wherever the project, the data or
+    the runs folder lay. Each size has its own runs folder, where a --quick run must not stand in for a
+    full one."""
     for metrics_path in sorted((Path(runs_dir) / label).glob("*/metrics.json"), reverse=True):
         config_path = metrics_path.parent / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        same = config.get("data_digest") == digest and config.get("command", "").endswith(" ".join(settings))
+        same = config.get("data_digest") == digest and recorded_settings(config.get("command", "")) == settings
         metrics = json.loads(metrics_path.read_text())
         if same and not metrics.get("interrupted") and metrics.get("diverged_epoch") is None:
             return metrics_path.parent

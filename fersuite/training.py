@@ -116,32 +116,32 @@ def warn_of_other_faces(config, train_rows, validation, log):
     """--init-from and --teacher models from runs that validated on other faces (their config.json
     says): their training faces may be among this run's validation faces, which inflates its
     validation accuracy. Runs record a hash of their validation faces, the same for a CSV and its
-    packed copy; runs from before it are compared by their row counts and split settings."""
-    here = {
-        "validation faces": faces_digest(validation.pixels),
-        "training faces": train_rows,
-        "validation rows": len(validation),
-        "--split-seed": split_seed(config),
-        "--equalize": equalize_mode(config),
-    }
+    packed copy; runs from before it are compared by their row counts and split seed. A model that
+    read its faces with another --equalize is named for that instead (the hash differs with it)."""
     for path in [config.get("init_from"), *(config.get("teacher") or [])]:
         run = evaluation.run_config(path) if path else {}
-        there = {
-            "validation faces": run.get("validation_digest"),
-            "training faces": run.get("train_rows"),
-            "validation rows": run.get("validation_rows"),
-            "--split-seed": split_seed(run),
-            "--equalize": equalize_mode(run),
-        }
-        if there["validation faces"] is not None:
-            differing = ["other validation faces"] if there["validation faces"] != here["validation faces"] else []
+        if not run:  # a file outside a run says nothing of its faces
+            continue
+        if equalize_mode(run) != equalize_mode(config):
+            log(
+                f"warning: {path} was trained on faces read with --equalize {equalize_mode(run)}, "
+                f"this run reads them with --equalize {equalize_mode(config)}"
+            )
+            continue
+        if "validation_digest" in run:
+            differing = [] if run["validation_digest"] == faces_digest(validation.pixels) else ["other faces"]
         else:
+            compared = {
+                "training faces": (run.get("train_rows"), train_rows),
+                "validation faces": (run.get("validation_rows"), len(validation)),
+                "--split-seed": (split_seed(run), split_seed(config)),
+            }
             differing = [
-                f"{name} {there[name]} there, {here[name]} here"
-                for name in list(here)[1:]
-                if there[name] is not None and there[name] != here[name]
+                f"{name} {there} there, {here} here"
+                for name, (there, here) in compared.items()
+                if there is not None and there != here
             ]
-        if run and differing:  # a file outside a run says nothing of its faces
+        if differing:
             log(
                 f"warning: {path} was trained with another validation split ({'; '.join(differing)}): its training "
                 "faces may be among this run's validation faces, inflating its validation accuracy"
@@ -496,7 +496,7 @@ def train(family, config, build_network, resume=None):
     metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
     if interrupted:
         if (run_dir / "last.keras").exists():
-            saved = read_entry(run_dir / "last.keras") or {}  # none in a run begun before it moved inside
+            saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
             print(
                 f"\ninterrupted: best model and history are in {run_dir}\n"
                 f"resume with: python {_script(family)} --resume {run_dir}",
@@ -521,10 +521,13 @@ def train(family, config, build_network, resume=None):
 def finish(run_dir, config, checkpoint, validation, wall, interrupted):
     """metrics.json (+ confusion matrix of best.keras on validation) from what the run finished."""
     history = pd.DataFrame(checkpoint.rows)
-    # the first epoch of each session also compiles: this session's others, if any, give the pace
+    # the first epoch of each session also compiles: this session's others give the pace, else the run's
+    # after its first (a resumed session of one epoch)
     steady = history.get("seconds")
     if len(history) > checkpoint.session_start + 1:
         steady = steady[checkpoint.session_start + 1 :]
+    elif len(history) > 1:
+        steady = steady[1:]
     metrics = {
         "family": config["family"],
         "parameters": config["parameters"],

@@ -49,6 +49,9 @@ def test_sweep_reuses_only_a_run_of_the_same_settings_that_neither_stopped_nor_d
         return sweep.finished_run(tmp_path, "mobilenet-5k", digest, settings)
 
     assert found() == run
+    older = "/p/train_mobilenet.py --data /d.csv --epochs 1 --runs-dir /r --quiet --alpha 0.25"  # sessions 3-27
+    (run / "config.json").write_text(json.dumps({"data_digest": "d", "command": older}))
+    assert found() == run
     assert found(interrupted=True) is None
     assert found(diverged_epoch=1) is None
     assert found(settings=[*settings[:-1], "0.5"]) is None

@@ -272,6 +272,14 @@ def test_validation_holds_out_the_split_the_models_run_held_out(trained_model, t
         assert f"warning: {other} validated on other faces ({shown}) than this split's ({count}):" in warned.stderr
 
 
+def test_a_run_scored_on_its_own_split_is_not_warned_about(trained_model):
+    """The hash a run records of its validation faces is the one predict.py computes of the same split."""
+    data = evaluation.run_config(trained_model)["data"]
+    args = ("--validation", "--model", trained_model, "--data", data, "--tta", "none")
+    result = run_script("predict.py", *args, check=True)
+    assert "warning" not in result.stderr, result.stderr
+
+
 def test_split_flags_of_runs_matter_only_for_a_file_split_by_them(known_model, train_csv, fer2013_csv, tmp_path):
     """A fer2013.csv validates on its PublicTest rows whatever --split-seed a run had."""
     seeded = _in_run(known_model, tmp_path / "runs" / "seeded", split_seed=3)

@@ -364,6 +364,9 @@ def test_speed_in_metrics_leaves_out_the_first_epoch_of_a_session_which_also_com
     resumed = callbacks.RunCheckpoint(tmp_path, rows(6.0, 1.0), rows(6.0)[0])
     resumed.rows += rows(5.0, 2.0, 2.0, start=3)  # compiled again, then 2 s per epoch
     assert training.finish(tmp_path, config, resumed, None, 9.0, interrupted=True)["seconds_per_epoch"] == 2.0
+    short = callbacks.RunCheckpoint(tmp_path, rows(6.0, 1.0, 2.0), rows(6.0)[0])
+    short.rows += rows(4.5, start=4)  # a session of one epoch: the run's after its first
+    assert training.finish(tmp_path, config, short, None, 4.5, interrupted=True)["seconds_per_epoch"] == 2.5
 
 
 def test_last_keras_is_saved_with_each_new_best_so_a_resume_keeps_the_best_epochs_row(tmp_path, monkeypatch):
@@ -391,11 +394,11 @@ def test_a_model_from_a_run_on_another_split_is_warned_about(tmp_path):
     faces = training.faces_digest(validation.pixels)
     for recorded, expected in [
         ({"train_rows": 90, "validation_rows": 10}, []),
-        ({"train_rows": 70, "validation_rows": 30}, ["training faces 70 there, 90 here", "validation rows 30 there"]),
+        ({"train_rows": 70, "validation_rows": 30}, ["training faces 70 there, 90 here", "validation faces 30 there"]),
         ({"train_rows": 90, "validation_rows": 10, "split_seed": 1}, ["--split-seed 1 there, 0 here"]),
-        ({"train_rows": 90, "validation_rows": 10, "equalize": "never"}, ["--equalize never there, auto here"]),
+        ({"equalize": "never", "validation_digest": faces}, ["read with --equalize never, this run reads them with"]),
         ({"train_rows": 90, "validation_rows": 10, "split_seed": 1, "validation_digest": faces}, []),  # fer2013's
-        ({"train_rows": 90, "validation_rows": 10, "validation_digest": "0"}, ["other validation faces"]),
+        ({"validation_digest": "0"}, ["another validation split (other faces)"]),
     ]:
         (model.parent / "config.json").write_text(json.dumps({"family": "cnn", **recorded}))
         warnings = []
