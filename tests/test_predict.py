@@ -265,6 +265,10 @@ def test_validation_holds_out_the_split_the_models_run_held_out(trained_model, t
         validation.labels, evaluation.predict_probabilities([evaluation.load_model(model)], validation.pixels)
     )
     assert f"{expected:.4f}  {model}" in result.stdout and "warning" not in result.stderr
+    told = run_script("predict.py", *args, "--equalize", "always", check=True)
+    assert f"warning: {model} was trained on faces read with --equalize auto, scored here with --equalize always" in (
+        told.stderr
+    )
     count = len(validation.labels)
     for name, recorded, shown in [("fewer", {"validation_rows": 99}, 99), ("other", {"validation_digest": "0"}, count)]:
         other = _in_run(trained_model, tmp_path / "runs" / name, val_split=0.25, split_seed=3, **recorded)
