@@ -888,8 +888,18 @@ def _activations_figure(model, run, layer, split, options, target):
     return plot_activations(face, maps, path, title, split.labels[options.face], _unit(model, layer))
 
 
+def run_status(metrics):
+    """How a run ended, from its metrics.json: none yet means it is running or was killed."""
+    if not metrics:
+        return "running or killed"
+    if metrics.get("diverged_epoch") is not None:
+        return "diverged"
+    return "interrupted" if metrics.get("interrupted") else "finished"
+
+
 def run_summary(runs):
-    """One row per run with a validation score: family, parameters, best validation accuracy."""
+    """One row per run with a validation score: family, parameters, best validation accuracy, and
+    whether it finished (an interrupted run's score is not its last word)."""
     rows = []
     for run in runs:
         accuracy = run.best_val_accuracy()
@@ -904,9 +914,11 @@ def run_summary(runs):
                 "best_val_accuracy": accuracy,
                 "best_epoch": run.best_epoch(),
                 "epochs_run": len(run.history) if run.history is not None else 0,
+                "status": run_status(run.metrics),
             }
         )
-    return pd.DataFrame(rows, columns=["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run"])
+    columns = ["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run", "status"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def report_comparison(runs, out_dir, log=print, title=SIZE_TITLE):

@@ -280,9 +280,11 @@ def start_from(model, path):
             if differing
             else f"{len(source_weights)} weight arrays there, {len(model.weights)} here"
         )
+        command = evaluation.run_config(path).get("command")
+        trained_by = f" (its run: {command})" if command else ""
         raise UserError(
             f"{path}: its network differs from the one these flags build ({where}); "
-            "pass the network flags it was trained with"
+            f"pass the network flags it was trained with{trained_by}"
         )
     model.set_weights(source_weights)
 
@@ -354,6 +356,21 @@ def _resumed(run_dir, family, given):
             )
     print(f"resuming {run_dir} after epoch {state['epochs_done']}")
     return config, state, history
+
+
+def _record_resume(run_dir, epochs_done, use_gpu):
+    """config.json keeps the settings the run began with, as recorded (its paths as typed then, which a
+    later resume finds from its folder); each resume adds after which epoch, how and on what it went on."""
+    path = run_dir / "config.json"
+    recorded = json.loads(path.read_text())
+    session = {
+        "after_epoch": epochs_done,
+        "command": " ".join(sys.argv),
+        "versions": {**backend.versions(), "fersuite": __version__},
+        "gpu": use_gpu,
+        "at": datetime.now().isoformat(timespec="seconds"),
+    }
+    write_json(path, {**recorded, "resumes": [*recorded.get("resumes", []), session]})
 
 
 def _inputs_found(run_dir, config):
@@ -463,6 +480,7 @@ def train(family, config, build_network, resume=None):
     if resume:
         run_dir = Path(resume)
         model = _reopened_whole(run_dir / "last.keras", state["epochs_done"])
+        _record_resume(run_dir, state["epochs_done"], use_gpu)
     else:
         model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu)
     print(f"run directory: {run_dir}")

@@ -22,6 +22,7 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     assert summary["parameters"].is_monotonic_increasing
     assert summary["parameters"].iloc[-1] > 100 * summary["parameters"].iloc[0]
     assert (summary["epochs_run"] == 1).all() and summary["best_val_accuracy"].between(0, 1).all()
+    assert (summary["status"] == "finished").all()
     assert (out / "parameters_vs_accuracy.png").stat().st_size > 10_000
     assert first.stdout.count("train_mobilenet.py") == 2 and "train_cnn.py" not in first.stdout
     again = run_script("bench/sweep.py", *args, check=True, cwd=tmp_path)

@@ -335,6 +335,18 @@ def test_a_relative_data_path_is_found_from_where_training_ran(tmp_path, monkeyp
         plots.data_path(absolute)
 
 
+def test_the_summary_says_how_each_run_ended(tmp_path):
+    history = pd.DataFrame({"epoch": [1], "val_accuracy": [0.4]})
+    ended = {
+        "finished": {"interrupted": False, "diverged_epoch": None},
+        "interrupted": {"interrupted": True, "diverged_epoch": None},
+        "diverged": {"interrupted": False, "diverged_epoch": 3},
+        "running or killed": {},
+    }
+    runs = [plots.Run(tmp_path / name, {"parameters": 10}, history, metrics) for name, metrics in ended.items()]
+    assert plots.run_summary(runs)["status"].tolist() == list(ended)
+
+
 def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
     data = write_csv(tmp_path / "train.csv", "label,feature", labeled_rows(14))
     configs = {"same": {"data_digest": plots.file_digest(data)}, "other": {"data_digest": "0" * 16}, "unrecorded": {}}

@@ -227,8 +227,13 @@ def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, 
     load_model(run_dir / "best.keras")
     assert not [path for path in run_dir.iterdir() if path.name.startswith(".")]
 
+    began = json.loads((run_dir / "config.json").read_text())
     result = run_script("train_mobilenet.py", "--resume", run_dir, check=True)
     assert f"resuming {run_dir} after epoch {done}" in result.stdout
+    config = json.loads((run_dir / "config.json").read_text())
+    assert {key: value for key, value in config.items() if key != "resumes"} == began  # as it was recorded
+    assert [resume["after_epoch"] for resume in config["resumes"]] == [done]
+    assert config["resumes"][0]["command"].endswith(f"train_mobilenet.py --resume {run_dir}")
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 6
@@ -989,6 +994,7 @@ def test_init_from_run_records_its_starting_model(train_csv, tmp_path):
         )
         assert wrong.returncode == 2 and wrong.stderr.startswith(f"error: {start}: its network differs"), wrong.stderr
         assert wrong.stderr.count("\n") == 1 and (not third.exists() or not any(third.iterdir()))
+        assert f"(its run: {json.loads((start.parent / 'config.json').read_text())['command']})" in wrong.stderr
 
 
 @pytest.mark.parametrize(
