@@ -7,7 +7,7 @@ Per run, FIG_DIR/<run name>/ (with parent folders where two runs share a name) g
 confusion.png (+ confusion_matrix.csv, classification_report.csv/.md), saliency.png, filters_<layer>.png,
 activations_<layer>.png, embedding_pca.png (embedding_tsne.png with --tsne), complexity.png (+ complexity.csv/.md) and
 mistakes.png. FIG_DIR/ gets parameters_vs_accuracy.png, histories.png and runs.csv/.md.
-The validation split is recreated from each run's config.json (data, val_split, split_seed).
+The validation split is recreated from each run's config.json (data, val_split, split_seed, equalize).
 """
 
 import argparse

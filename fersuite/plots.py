@@ -888,9 +888,10 @@ def _activations_figure(model, run, layer, split, options, target):
     return plot_activations(face, maps, path, title, split.labels[options.face], _unit(model, layer))
 
 
-def run_status(metrics):
-    """How a run ended, from its metrics.json: none yet means it is running or was killed."""
-    if not metrics:
+def run_status(metrics, epochs=0):
+    """How a run ended, from its metrics.json: none yet, or one that counts fewer epochs than the
+    history (a resumed run's earlier session), means it is running or was killed."""
+    if not metrics or epochs > metrics.get("epochs_run", epochs):
         return "running or killed"
     if metrics.get("diverged_epoch") is not None:
         return "diverged"
@@ -914,7 +915,7 @@ def run_summary(runs):
                 "best_val_accuracy": accuracy,
                 "best_epoch": run.best_epoch(),
                 "epochs_run": len(run.history) if run.history is not None else 0,
-                "status": run_status(run.metrics),
+                "status": run_status(run.metrics, len(run.history) if run.history is not None else 0),
             }
         )
     columns = ["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run", "status"]

@@ -497,7 +497,6 @@ def train(family, config, build_network, resume=None):
         _patient_callbacks(config),
         state.get("counters"),
     )
-    started = time.perf_counter()
     interrupted = False
     try:
         with CtrlC() as ctrl_c:
@@ -511,7 +510,7 @@ def train(family, config, build_network, resume=None):
             )
     except KeyboardInterrupt:
         interrupted = True
-    metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - started, interrupted)
+    metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - launched, interrupted)
     if interrupted:
         if (run_dir / "last.keras").exists():
             saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras

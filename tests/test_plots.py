@@ -345,6 +345,10 @@ def test_the_summary_says_how_each_run_ended(tmp_path):
     }
     runs = [plots.Run(tmp_path / name, {"parameters": 10}, history, metrics) for name, metrics in ended.items()]
     assert plots.run_summary(runs)["status"].tolist() == list(ended)
+    earlier_session = {**ended["interrupted"], "epochs_run": 1}  # its history has gone on to epoch 3
+    longer = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.4, 0.3, 0.2]})
+    resumed = plots.Run(tmp_path / "resumed", {"parameters": 10}, longer, earlier_session)
+    assert plots.run_summary([resumed])["status"].tolist() == ["running or killed"]  # its earlier session's metrics
 
 
 def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
