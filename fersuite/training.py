@@ -118,6 +118,7 @@ def warn_of_other_faces(config, train_rows, validation, log):
     validation accuracy. Runs record a hash of their validation faces, the same for a CSV and its
     packed copy; runs from before it are compared by their row counts and split seed. A model that
     read its faces with another --equalize is named for that instead (the hash differs with it)."""
+    digest = faces_digest(validation.pixels)
     for path in [config.get("init_from"), *(config.get("teacher") or [])]:
         run = evaluation.run_config(path) if path else {}
         if not run:  # a file outside a run says nothing of its faces
@@ -129,7 +130,7 @@ def warn_of_other_faces(config, train_rows, validation, log):
             )
             continue
         if "validation_digest" in run:
-            differing = [] if run["validation_digest"] == faces_digest(validation.pixels) else ["other faces"]
+            differing = [] if run["validation_digest"] == digest else ["other faces"]
         else:
             compared = {
                 "training faces": (run.get("train_rows"), train_rows),
