@@ -49,7 +49,11 @@ def parse_args():
         action="append",
         help=f".keras file; repeat for an ensemble (default: {' + '.join(DEFAULT_ENSEMBLE)} in {MODELS_DIR.name}/)",
     )
-    parser.add_argument("--data", help="CSV to predict: test.csv (id,feature), fer2013.csv or a labeled train.csv")
+    parser.add_argument(
+        "--data",
+        help="CSV to predict: test.csv (id,feature, or pixels alone: ids are the row numbers), fer2013.csv "
+        "or a labeled train.csv",
+    )
     parser.add_argument("--out", help=f"submission file (default: {SUBMISSION} for a test.csv; none for labeled data)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
     parser.add_argument(
