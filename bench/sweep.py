@@ -15,6 +15,7 @@ defaults is not seen: give such a sweep its own --runs-dir.
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -75,10 +76,14 @@ def parse_args():
 
 
 def recorded_settings(command):
-    """A run's command line as config.json records it, less the script, --data and --runs-dir (paths,
-    which may have moved since; a path with a space in it spoils the split, and the size is trained again)."""
-    start = command.find(" --")
-    tokens = command[start + 1 :].split(" ") if start >= 0 else []
+    """A run's command line as config.json records it (shell-quoted since session 29), less the script,
+    --data and --runs-dir (paths, which may have moved since)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an older, unquoted record with a quote character in a path: the size is trained again
+        return None
+    start = next((index for index, word in enumerate(words) if word.startswith("--")), len(words))
+    tokens = words[start:]
     flags = {index for index, token in enumerate(tokens) if token in ("--data", "--runs-dir")}
     return [token for index, token in enumerate(tokens) if index not in flags and index - 1 not in flags]
 
@@ -117,7 +122,7 @@ def run_sizes(args):
         run_dir = finished_run(args.runs_dir, label, digest, recognised_by)
         if run_dir is None:
             line = [*command_paths(family, label, args), *recognised_by]
-            print(" ".join(line), flush=True)
+            print(shlex.join(line), flush=True)
             if args.dry_run:
                 continue
             cli.run_script(line)

@@ -6,6 +6,7 @@ import importlib
 import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -172,12 +173,18 @@ def chosen_names(parser, text, known, flag="--families"):
     return names
 
 
+def command_line():
+    """This process's command as a shell would take it back (a path with a space in it stays one word):
+    what config.json records and a resume or a sweep reads."""
+    return shlex.join(sys.argv)
+
+
 def run_script(line, **options):
     """Run a script as a child process (a benchmark's training run); if it fails, this process ends with one
     line too, below the child's own error."""
     status = subprocess.run(line, cwd=PROJECT, check=False, **options).returncode
     if status:
-        raise UserError(f"{Path(line[1]).name} stopped with exit status {status}: {' '.join(map(str, line[2:]))}")
+        raise UserError(f"{Path(line[1]).name} stopped with exit status {status}: {shlex.join(map(str, line[2:]))}")
 
 
 class Parser(argparse.ArgumentParser):

@@ -11,6 +11,7 @@ A run directory holds
 
 import json
 import math
+import shlex
 import sys
 import time
 import warnings
@@ -366,7 +367,7 @@ def _record_resume(run_dir, epochs_done, use_gpu):
     recorded = json.loads(path.read_text())
     session = {
         "after_epoch": epochs_done,
-        "command": " ".join(sys.argv),
+        "command": cli.command_line(),
         "versions": {**backend.versions(), "fersuite": __version__},
         "gpu": use_gpu,
         "at": datetime.now().isoformat(timespec="seconds"),
@@ -450,7 +451,7 @@ def _new_run(family, config, build_network, train_split, validation, use_gpu):
         "trainable_parameters": trainable_parameter_count(model),
         "versions": {**backend.versions(), "fersuite": __version__},
         "gpu": use_gpu,
-        "command": " ".join(sys.argv),
+        "command": cli.command_line(),
     }
     write_json(run_dir / "config.json", config)
     return model, run_dir, config
@@ -517,7 +518,7 @@ def train(family, config, build_network, resume=None):
             saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
             print(
                 f"\ninterrupted: best model and history are in {run_dir}\n"
-                f"resume with: python {_script(family)} --resume {run_dir}",
+                f"resume with: {shlex.join(['python', _script(family), '--resume', str(run_dir)])}",
                 file=sys.stderr,
             )
             if "epochs_done" in saved:

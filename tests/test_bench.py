@@ -1,6 +1,7 @@
 """bench/sweep.py and bench/gpu_session.py end to end on the bundled sample; the benchmarks' step timer."""
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -53,6 +54,9 @@ def test_sweep_reuses_only_a_run_of_the_same_settings_that_neither_stopped_nor_d
     older = "/p/train_mobilenet.py --data /d.csv --epochs 1 --runs-dir /r --quiet --alpha 0.25"  # sessions 3-27
     (run / "config.json").write_text(json.dumps({"data_digest": "d", "command": older}))
     assert found() == run
+    spaced = ["/my project/train_mobilenet.py", "--data", "/my data/train.csv", "--runs-dir", "/my runs/mobilenet-5k"]
+    (run / "config.json").write_text(json.dumps({"data_digest": "d", "command": shlex.join([*spaced, *settings])}))
+    assert found() == run  # a path with a space in it no longer spoils the comparison
     assert found(interrupted=True) is None
     assert found(diverged_epoch=1) is None
     assert found(settings=[*settings[:-1], "0.5"]) is None

@@ -4,6 +4,7 @@ import gc
 import json
 import math
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -216,8 +217,8 @@ def bigger_csv(tmp_path):
 
 
 def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, tmp_path):
-    """With the largest seed, which a resumed run offsets by the epochs done."""
-    runs = tmp_path / "runs"
+    """With the largest seed, which a resumed run offsets by the epochs done; in a folder with a space."""
+    runs = tmp_path / "my runs"
     process = _start_training(bigger_csv, runs, epochs=6, seed=2**31 - 1)
     run_dir = _wait_for_epochs(process, runs, 2)
     process.kill()
@@ -233,7 +234,7 @@ def test_sigkill_then_resume_continues_from_the_last_finished_epoch(bigger_csv, 
     config = json.loads((run_dir / "config.json").read_text())
     assert {key: value for key, value in config.items() if key != "resumes"} == began  # as it was recorded
     assert [resume["after_epoch"] for resume in config["resumes"]] == [done]
-    assert config["resumes"][0]["command"].endswith(f"train_mobilenet.py --resume {run_dir}")
+    assert config["resumes"][0]["command"].endswith(f"train_mobilenet.py --resume '{run_dir}'")  # shell-quoted
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 6
@@ -587,15 +588,20 @@ model.save({str(path)!r})
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
-    runs = tmp_path / "runs"
+    """In a command to paste back into a shell, which config.json records too: a folder's space is quoted."""
+    runs = tmp_path / "my runs"
     process = _start_training(bigger_csv, runs, epochs=50, resume_every=3600)  # the first epoch is saved all the same
     run_dir = _wait_for_epochs(process, runs, 1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert f"resume with: python {PROJECT / 'train_mobilenet.py'} --resume {run_dir}" in stderr  # as it was called
+    resume = shlex.join(["python", str(PROJECT / "train_mobilenet.py"), "--resume", str(run_dir)])  # as it was called
+    assert f"resume with: {resume}" in stderr
+    recorded = shlex.split(json.loads((run_dir / "config.json").read_text())["command"])
+    assert recorded[0] == str(PROJECT / "train_mobilenet.py")
+    assert recorded[recorded.index("--runs-dir") + 1] == str(runs)
     saved = callbacks.read_entry(run_dir / "last.keras")["epochs_done"]
-    assert f"--resume {run_dir}\n(it goes on after epoch {saved}, the last one last.keras saved)" in stderr
+    assert f"--resume '{run_dir}'\n(it goes on after epoch {saved}, the last one last.keras saved)" in stderr
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
 
