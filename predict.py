@@ -122,13 +122,23 @@ def model_paths(args):
     return shipped
 
 
+def read_table(args):
+    """--data with its faces read as the models' runs read theirs; when --equalize auto equalizes them,
+    standard error says so."""
+    from fersuite import data
+
+    table = data.load_table(args.data, equalize=args.equalize)
+    data.report_equalized(args.data, table.equalized_as_read, args.equalize, lambda line: print(line, file=sys.stderr))
+    return table
+
+
 def validation_split(args, paths):
     """The split train_*.py held out: --val-split and --split-seed as the models' runs trained unless
     given (a fer2013.csv holds out its PublicTest rows whatever they are)."""
     from fersuite import data, evaluation
     from fersuite.errors import UserError
 
-    table = data.load_table(args.data, equalize=args.equalize)
+    table = read_table(args)
     if table.layout != "fer2013":
         if args.val_split is None:
             args.val_split = evaluation.trained_setting(paths, data.val_split, "--val-split")
@@ -188,7 +198,7 @@ def main():
         args.equalize = evaluation.trained_setting(paths, data.equalize_mode, "--equalize")
     table = None
     if args.data and not args.validation:
-        table = data.load_table(args.data, equalize=args.equalize)
+        table = read_table(args)
         if not len(table.ids[evaluation.submission_rows(table)]):
             raise UserError(f"{args.data}: no PublicTest or PrivateTest rows to predict (every Usage is Training)")
         if args.out is None and table.layout == "unlabeled":

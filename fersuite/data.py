@@ -35,7 +35,7 @@ LAYOUTS = {  # columns in any order (Kaggle's icml_face_data.csv has emotion,Usa
     ("pixels",): "unlabeled",  # the competition's test.csv: ids are the row numbers
 }
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # Kaggle's fer2013.tar.gz holds a folder
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 
 
 @dataclass
@@ -59,6 +59,17 @@ class Table:
     ids: np.ndarray
     usage: np.ndarray
     layout: str
+    equalized_as_read: bool = False  # by --equalize always, or by auto judging the faces raw
+
+
+def report_equalized(path, equalized_as_read, equalize, log=print):
+    """Says so when --equalize auto judged a file's faces raw and equalized them: the judgement decides
+    what the model sees, and a user should not have to trust it blindly."""
+    if equalize == "auto" and equalized_as_read:
+        log(
+            f"{path}: its faces are not histogram-equalized (judged raw); equalized as read, as the suite's "
+            "models expect (--equalize never keeps them as they are)"
+        )
 
 
 def file_digest(path):
@@ -117,6 +128,7 @@ def pack_table(table, path):
         ids=table.ids,
         usage=table.usage,
         layout=np.array(table.layout),
+        equalized_as_read=np.array(table.equalized_as_read),
     )
     payload = buffer.getvalue()
     if str(path).endswith(".xz"):
@@ -131,7 +143,8 @@ def _load_packed(path):
         with opener(path, "rb") as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as arrays:
             fields = {name: arrays[name] for name in arrays.files}
         fields.pop("equalized", None)  # written by session 24's packs, whose faces were judged as they are now
-        return Table(**{**fields, "layout": str(fields["layout"])})
+        as_read = bool(fields.pop("equalized_as_read", False))  # packs from before session 29 lack it
+        return Table(**{**fields, "layout": str(fields["layout"]), "equalized_as_read": as_read})
     except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a packed FER table, or truncated ({type(error).__name__})") from None
 
@@ -139,7 +152,7 @@ def _load_packed(path):
 def with_contrast(table, equalize="auto"):
     """The table with its faces as the models are trained on them (fersuite.contrast.as_trained)."""
     pixels = contrast.as_trained(table.pixels, equalize)
-    return table if pixels is table.pixels else replace(table, pixels=pixels)
+    return table if pixels is table.pixels else replace(table, pixels=pixels, equalized_as_read=True)
 
 
 def load_table(path, use_cache=True, equalize="auto"):

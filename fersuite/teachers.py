@@ -17,7 +17,7 @@ import numpy as np
 
 from fersuite import EMOTIONS, cli, evaluation
 from fersuite.atomic import atomic_path
-from fersuite.data import check_readable_file, load_table
+from fersuite.data import check_readable_file, load_table, report_equalized
 from fersuite.errors import UserError
 
 TTA = "flip"  # each face and its mirror, as training's augmentation shows both
@@ -101,6 +101,7 @@ def main(argv=None):
         parser.error("--out must end in .npz")
     cli.check_output(args.out, args.force)
     table = load_table(args.data, equalize=args.equalize)
+    report_equalized(args.data, table.equalized_as_read, args.equalize)
     print(f"{len(args.models)} teacher file(s) on {len(table.pixels):,} faces and their mirrors")
     mean = probabilities(args.models, table.pixels, verbose=cli.progress())
     labeled = table.labels >= 0

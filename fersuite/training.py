@@ -41,9 +41,11 @@ from fersuite.data import (
     equalize_mode,
     faces_digest,
     file_digest,
-    load_splits,
+    load_table,
     recorded_path,
+    report_equalized,
     split_seed,
+    split_table,
 )
 from fersuite.errors import UserError
 from fersuite.models import preprocessing_layers, trainable_parameter_count
@@ -421,17 +423,19 @@ def _reopened_whole(path, epochs_done):
 
 
 def _labeled_splits(config):
-    splits = load_splits(config["data"], config["val_split"], split_seed(config), equalize_mode(config))
+    """The training and validation splits, and whether the faces were equalized as they were read."""
+    table = load_table(config["data"], equalize=equalize_mode(config))
+    splits = split_table(table, config["val_split"], split_seed(config))
     missing = [name for name in ("train", "validation") if name not in splits]
     if missing:
         raise UserError(
             f"{config['data']}: needs labeled rows for {' and '.join(missing)} "
             "(a test.csv has no labels; a fer2013.csv validates on its PublicTest rows)"
         )
-    return splits["train"], splits["validation"]
+    return splits["train"], splits["validation"], table.equalized_as_read
 
 
-def _new_run(family, config, build_network, train_split, validation, use_gpu):
+def _new_run(family, config, build_network, train_split, validation, use_gpu, equalized):
     """Build and compile the model, then make the run directory and write its config.json."""
     model = make_model(config, build_network, train_split.pixels)
     if config.get("init_from"):
@@ -447,6 +451,7 @@ def _new_run(family, config, build_network, train_split, validation, use_gpu):
         "train_rows": len(train_split),
         "validation_rows": len(validation),
         "validation_digest": faces_digest(validation.pixels),
+        "equalized": equalized,
         "parameters": model.count_params(),
         "trainable_parameters": trainable_parameter_count(model),
         "versions": {**backend.versions(), "fersuite": __version__},
@@ -471,7 +476,8 @@ def train(family, config, build_network, resume=None):
     began_on_gpu = config.get("gpu", use_gpu) if resume else use_gpu
     if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and began_on_gpu):
         keras.mixed_precision.set_dtype_policy("mixed_float16")
-    train_split, validation = _labeled_splits(config)
+    train_split, validation, equalized = _labeled_splits(config)
+    report_equalized(config["data"], equalized, equalize_mode(config))
     if config["batch_size"] > len(train_split):  # else full_batch_order pads each batch with repeated faces
         print(f"--batch-size {config['batch_size']} is more than the {len(train_split):,} training images: "
               f"using {len(train_split):,}")
@@ -484,7 +490,7 @@ def train(family, config, build_network, resume=None):
         model = _reopened_whole(run_dir / "last.keras", state["epochs_done"])
         _record_resume(run_dir, state["epochs_done"], use_gpu)
     else:
-        model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu)
+        model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu, equalized)
     print(f"run directory: {run_dir}")
     print(
         f"{family}: {config['parameters']:,} parameters, "

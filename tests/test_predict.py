@@ -243,12 +243,14 @@ def test_faces_are_read_as_the_models_run_read_them_unless_told(known_model, tmp
     data = write_csv(tmp_path / "test.csv", "id,feature", [f"{index},{face}" for index, face in enumerate(halves)])
     raw = _in_run(known_model, tmp_path / "runs" / "cnn-raw", equalize="never")
     out = tmp_path / "submission.csv"
-    run_script("predict.py", "--model", raw, "--data", data, "--out", out, check=True)
-    assert list(pd.read_csv(out)["label"]) == shown
+    kept = run_script("predict.py", "--model", raw, "--data", data, "--out", out, check=True)
+    assert list(pd.read_csv(out)["label"]) == shown and "judged raw" not in kept.stderr
     told = ("--force", "--equalize", "always")
     run_script("predict.py", "--model", raw, "--data", data, "--out", out, *told, check=True)
     assert len(set(pd.read_csv(out)["label"])) == 1
     equalized = _in_run(known_model, tmp_path / "runs" / "cnn-auto")
+    judged = run_script("predict.py", "--model", equalized, "--data", data, "--out", out, "--force", check=True)
+    assert f"{data}: its faces are not histogram-equalized (judged raw); equalized as read" in judged.stderr
     mixed = run_script("predict.py", "--model", raw, "--model", equalized, "--data", data, "--out", out, "--force")
     assert mixed.returncode == 2 and "trained with different --equalize: never" in mixed.stderr, mixed.stderr
 

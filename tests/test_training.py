@@ -53,7 +53,8 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert (config["rotation_range"], config["width_shift_range"]) == ((5.0, 0.05) if family == "dnn" else (10.0, 0.1))
     assert config["mixed_precision"] == ("off" if family == "dnn" else "auto")
     assert config["versions"]["backend"] == keras.backend.backend() and config["versions"]["keras"] == keras.__version__
-    assert len(config["data_digest"]) == 32 and config["equalize"] == "auto"
+    assert len(config["data_digest"]) == 32 and config["equalize"] == "auto" and config["equalized"] is False
+    assert "judged raw" not in result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["parameters"] == config["parameters"]
     assert 0 <= metrics["best_val_accuracy"] <= 1
@@ -888,18 +889,24 @@ def test_seed_changes_the_weights_but_not_the_validation_faces(train_csv, tmp_pa
     monkeypatch.syspath_prepend(str(PROJECT))
     from train_dnn import build_network
 
-    seen, real_load_splits, real_make_model = [], training.load_splits, training.make_model
+    seen = []
+    real_load_table, real_split_table, real_make_model = training.load_table, training.split_table, training.make_model
 
-    def load_splits(path, val_split, seed, equalize):
-        splits = real_load_splits(path, val_split, seed, equalize)
-        seen.append({"asked": (seed, equalize), "validation": list(splits["validation"].ids)})
+    def load_table(path, equalize):
+        seen.append({"equalize": equalize})
+        return real_load_table(path, equalize=equalize)
+
+    def split_table(table, val_split, seed):
+        splits = real_split_table(table, val_split, seed)
+        seen[-1].update(asked=(seed, seen[-1]["equalize"]), validation=list(splits["validation"].ids))
         return splits
 
     def make_model(*args):
         seen[-1]["kernel"] = keras.ops.convert_to_numpy(real_make_model(*args).weights[0])
         raise UserError("stop here")
 
-    monkeypatch.setattr(training, "load_splits", load_splits)
+    monkeypatch.setattr(training, "load_table", load_table)
+    monkeypatch.setattr(training, "split_table", split_table)
     monkeypatch.setattr(training, "make_model", make_model)
     for flags in ({"seed": 7}, {"seed": 8}, {"seed": 7, "split_seed": 3, "equalize": "never"}):
         config = {**_tiny_config(train_csv, tmp_path / "runs", epochs=1), **flags}
@@ -1036,3 +1043,14 @@ def test_a_run_reads_its_faces_as_its_config_says(tmp_path, monkeypatch):
     assert np.isin(seen["never"], raw).all() and not np.array_equal(seen["never"], seen["always"])
     np.testing.assert_array_equal(np.concatenate(training._labeled_splits(config)[0].pixels), seen["always"])
     assert not contrast.is_equalized(raw)
+    equalized = {mode: training._labeled_splits({**config, "equalize": mode})[2] for mode in contrast.MODES}
+    assert equalized == {"auto": True, "always": True, "never": False}
+    assert training._labeled_splits(config)[2] is True  # from the cache too
+
+
+def test_a_run_on_raw_faces_says_it_equalized_them_and_records_it(tmp_path):
+    path = faces_csv(tmp_path / "raw.csv", raw_faces(28))
+    runs = tmp_path / "runs"
+    result = run_script("train_dnn.py", *tiny_training_args("dnn", path, runs), "--val-split", 0.5, check=True)
+    assert f"{path}: its faces are not histogram-equalized (judged raw); equalized as read" in result.stdout
+    assert json.loads((only_run(runs) / "config.json").read_text())["equalized"] is True
