@@ -246,8 +246,8 @@ def test_faces_are_read_as_the_models_run_read_them_unless_told(known_model, tmp
     kept = run_script("predict.py", "--model", raw, "--data", data, "--out", out, check=True)
     assert list(pd.read_csv(out)["label"]) == shown and "judged raw" not in kept.stderr
     told = ("--force", "--equalize", "always")
-    run_script("predict.py", "--model", raw, "--data", data, "--out", out, *told, check=True)
-    assert len(set(pd.read_csv(out)["label"])) == 1
+    always = run_script("predict.py", "--model", raw, "--data", data, "--out", out, *told, check=True)
+    assert len(set(pd.read_csv(out)["label"])) == 1 and "judged raw" not in always.stderr  # as asked, not judged
     equalized = _in_run(known_model, tmp_path / "runs" / "cnn-auto")
     judged = run_script("predict.py", "--model", equalized, "--data", data, "--out", out, "--force", check=True)
     assert f"{data}: its faces are not histogram-equalized (judged raw); equalized as read" in judged.stderr
