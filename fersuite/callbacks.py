@@ -18,12 +18,53 @@ import numpy as np
 import pandas as pd
 
 from fersuite.atomic import save_model, write_text
+from fersuite.errors import UserError
 
 MONITOR = "val_accuracy"
 COSINE_FLOOR = 0.01  # a cosine schedule ends at this share of its peak learning rate
 RESUME_STATE = "resume_state.json"  # inside last.keras: epochs done and patience counters
 BEST_RECORD = "best_record.json"  # inside best.keras: the history row of the epoch it holds
 COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")  # of EarlyStopping and ReduceLROnPlateau
+
+
+LOCK = "training.lock"  # held by the process training in a run directory
+
+
+@contextlib.contextmanager
+def training_lock(run_dir):
+    """Held while a process trains in run_dir, so a second --resume of a run still training is refused:
+    both would write best.keras, last.keras and history.csv, each by its own best score. The system lets
+    go of it when the process ends, even killed. (No lock where fcntl is missing, as on Windows.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(Path(run_dir) / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{run_dir}: another process is training in it; wait for it or stop it first") from None
+        try:
+            yield
+        finally:
+            (Path(run_dir) / LOCK).unlink(missing_ok=True)  # left behind only by a killed process
+
+
+def lock_state(run_dir):
+    """'running' while a process holds run_dir's training lock, 'killed' when a process left it behind,
+    None without one (the run ended, or predates the lock, or fcntl is missing)."""
+    try:
+        import fcntl
+
+        with open(Path(run_dir) / LOCK) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return "running"
+            return "killed"
+    except (ImportError, OSError):
+        return None
 
 
 def read_entry(path, name=RESUME_STATE):

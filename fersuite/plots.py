@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from fersuite import EMOTIONS, backend, complexity, evaluation
 from fersuite.atomic import save_figure, write_text
-from fersuite.callbacks import best_row
+from fersuite.callbacks import best_row, lock_state
 from fersuite.data import Split, equalize_mode, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
 
@@ -888,11 +888,14 @@ def _activations_figure(model, run, layer, split, options, target):
     return plot_activations(face, maps, path, title, split.labels[options.face], _unit(model, layer))
 
 
-def run_status(metrics, epochs=0):
-    """How a run ended, from its metrics.json: none yet, or one that counts fewer epochs than the
-    history (a resumed run's earlier session), means it is running or was killed."""
+def run_status(metrics, epochs=0, lock=None):
+    """How a run ended, from its metrics.json and its training lock (callbacks.lock_state): without
+    metrics.json, or one that counts fewer epochs than the history, it is running or was killed, which the
+    lock tells apart (runs from before it have none)."""
+    if lock == "running":
+        return lock
     if not metrics or epochs > metrics.get("epochs_run", epochs):
-        return "running or killed"
+        return lock or "running or killed"
     if metrics.get("diverged_epoch") is not None:
         return "diverged"
     return "interrupted" if metrics.get("interrupted") else "finished"
@@ -915,7 +918,9 @@ def run_summary(runs):
                 "best_val_accuracy": accuracy,
                 "best_epoch": run.best_epoch(),
                 "epochs_run": len(run.history) if run.history is not None else 0,
-                "status": run_status(run.metrics, len(run.history) if run.history is not None else 0),
+                "status": run_status(
+                    run.metrics, len(run.history) if run.history is not None else 0, lock_state(run.path)
+                ),
             }
         )
     columns = ["run", "family", "parameters", "best_val_accuracy", "best_epoch", "epochs_run", "status"]

@@ -4,11 +4,14 @@ A run directory holds
   config.json          every setting, the backend, library versions and the data file's hash
   history.csv          one row per finished epoch (written atomically after each epoch)
   best.keras           the model with the best validation accuracy so far
-  last.keras           the latest epoch with optimizer state and, inside, the resume state
-  metrics.json         best validation accuracy, epochs, wall time, parameters
+  last.keras           a finished epoch with optimizer state and, inside, the resume state (saved at most
+                       every --resume-every seconds, with each new best, and at the end)
+  metrics.json         best validation accuracy, epochs, wall time, parameters (once a session ends)
   confusion_matrix.csv best.keras on the validation split
+  training.lock        while a process trains in it (a killed one leaves it behind)
 """
 
+import contextlib
 import json
 import math
 import shlex
@@ -35,6 +38,7 @@ from fersuite.callbacks import (
     TimeBudget,
     best_row,
     read_entry,
+    training_lock,
 )
 from fersuite.data import (
     check_readable_file,
@@ -463,84 +467,93 @@ def _new_run(family, config, build_network, train_split, validation, use_gpu, eq
 
 
 def train(family, config, build_network, resume=None):
-    """Train one model; returns the run directory. config: the script's flags as a dict."""
+    """Train one model; returns the run directory. config: the script's flags as a dict. The run directory
+    is locked while it trains, and Keras's dtype policy is put back after (mixed precision is per run)."""
     launched = time.perf_counter()
-    if resume:
-        config, state, history = _resumed(Path(resume), family, config)
-    else:
-        check_config(config)
-        state, history = {"epochs_done": 0, "best_record": None, "counters": {}}, []
-    backend.make_deterministic((config["seed"] + state["epochs_done"]) % 2**31)  # a resumed run: not epoch 1's shuffles
-    use_gpu = backend.gpu_available()
-    # a resumed run keeps the precision it began with: its optimizer state (loss scaling or none) must load
-    began_on_gpu = config.get("gpu", use_gpu) if resume else use_gpu
-    if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and began_on_gpu):
-        keras.mixed_precision.set_dtype_policy("mixed_float16")
-    train_split, validation, equalized = _labeled_splits(config)
-    report_equalized(config["data"], equalized, equalize_mode(config))
-    if config["batch_size"] > len(train_split):  # else full_batch_order pads each batch with repeated faces
-        print(f"--batch-size {config['batch_size']} is more than the {len(train_split):,} training images: "
-              f"using {len(train_split):,}")
-        config = {**config, "batch_size": len(train_split)}
-    if not resume:
-        warn_of_other_faces(config, len(train_split), validation, lambda line: print(line, file=sys.stderr))
-    targets = training_targets(config, train_split.pixels, train_split.labels)
-    if resume:
-        run_dir = Path(resume)
-        model = _reopened_whole(run_dir / "last.keras", state["epochs_done"])
-        _record_resume(run_dir, state["epochs_done"], use_gpu)
-    else:
-        model, run_dir, config = _new_run(family, config, build_network, train_split, validation, use_gpu, equalized)
-    print(f"run directory: {run_dir}")
-    print(
-        f"{family}: {config['parameters']:,} parameters, "
-        f"{len(train_split):,} training and {len(validation):,} validation images, backend {backend.name()}"
-    )
-
-    checkpoint = RunCheckpoint(
-        run_dir,
-        history,
-        state["best_record"],
-        config.get("resume_every", 60.0),
-        _patient_callbacks(config),
-        state.get("counters"),
-    )
-    interrupted = False
-    try:
-        with CtrlC() as ctrl_c:
-            model.fit(
-                **training_inputs(config, train_split, targets, state["epochs_done"]),
-                epochs=config["epochs"],
-                initial_epoch=state["epochs_done"],
-                validation_data=(validation.pixels, one_hot(validation.labels)),
-                callbacks=[ctrl_c, *_callbacks(config, checkpoint, launched)],
-                verbose=cli.progress(config.get("verbose")),
-            )
-    except KeyboardInterrupt:
-        interrupted = True
-    metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - launched, interrupted)
-    if interrupted:
-        if (run_dir / "last.keras").exists():
-            saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
-            print(
-                f"\ninterrupted: best model and history are in {run_dir}\n"
-                f"resume with: {shlex.join(['python', _script(family), '--resume', str(run_dir)])}",
-                file=sys.stderr,
-            )
-            if "epochs_done" in saved:
-                done = saved["epochs_done"]
-                print(f"(it goes on after epoch {done}, the last one last.keras saved)", file=sys.stderr)
+    with contextlib.ExitStack() as held:
+        held.callback(keras.mixed_precision.set_dtype_policy, keras.mixed_precision.dtype_policy())
+        if resume:
+            config, state, history = _resumed(Path(resume), family, config)
+            held.enter_context(training_lock(resume))
         else:
-            print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
-        raise SystemExit(130)
-    if checkpoint.diverged_epoch is not None:
-        raise UserError(
-            f"the loss became NaN in epoch {checkpoint.diverged_epoch}; training stopped, {run_dir / 'best.keras'} "
-            "holds the last good best model (try a lower --lr)"
+            check_config(config)
+            state, history = {"epochs_done": 0, "best_record": None, "counters": {}}, []
+        # a resumed run: not epoch 1's shuffles
+        backend.make_deterministic((config["seed"] + state["epochs_done"]) % 2**31)
+        use_gpu = backend.gpu_available()
+        # a resumed run keeps the precision it began with: its optimizer state (loss scaling or none) must load
+        began_on_gpu = config.get("gpu", use_gpu) if resume else use_gpu
+        if config["mixed_precision"] == "on" or (config["mixed_precision"] == "auto" and began_on_gpu):
+            keras.mixed_precision.set_dtype_policy("mixed_float16")
+        train_split, validation, equalized = _labeled_splits(config)
+        report_equalized(config["data"], equalized, equalize_mode(config))
+        if config["batch_size"] > len(train_split):  # else full_batch_order pads each batch with repeated faces
+            print(f"--batch-size {config['batch_size']} is more than the {len(train_split):,} training images: "
+                  f"using {len(train_split):,}")
+            config = {**config, "batch_size": len(train_split)}
+        if not resume:
+            warn_of_other_faces(config, len(train_split), validation, lambda line: print(line, file=sys.stderr))
+        targets = training_targets(config, train_split.pixels, train_split.labels)
+        if resume:
+            run_dir = Path(resume)
+            model = _reopened_whole(run_dir / "last.keras", state["epochs_done"])
+            _record_resume(run_dir, state["epochs_done"], use_gpu)
+            (run_dir / "metrics.json").unlink(missing_ok=True)  # the interrupted session's: not this run's last word
+        else:
+            model, run_dir, config = _new_run(
+                family, config, build_network, train_split, validation, use_gpu, equalized
+            )
+            held.enter_context(training_lock(run_dir))
+        print(f"run directory: {run_dir}")
+        print(
+            f"{family}: {config['parameters']:,} parameters, "
+            f"{len(train_split):,} training and {len(validation):,} validation images, backend {backend.name()}"
         )
-    print(f"best validation accuracy {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']})")
-    print(f"run directory: {run_dir}")
-    return run_dir
+
+        checkpoint = RunCheckpoint(
+            run_dir,
+            history,
+            state["best_record"],
+            config.get("resume_every", 60.0),
+            _patient_callbacks(config),
+            state.get("counters"),
+        )
+        interrupted = False
+        try:
+            with CtrlC() as ctrl_c:
+                model.fit(
+                    **training_inputs(config, train_split, targets, state["epochs_done"]),
+                    epochs=config["epochs"],
+                    initial_epoch=state["epochs_done"],
+                    validation_data=(validation.pixels, one_hot(validation.labels)),
+                    callbacks=[ctrl_c, *_callbacks(config, checkpoint, launched)],
+                    verbose=cli.progress(config.get("verbose")),
+                )
+        except KeyboardInterrupt:
+            interrupted = True
+        metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - launched, interrupted)
+        if interrupted:
+            if (run_dir / "last.keras").exists():
+                saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
+                print(
+                    f"\ninterrupted: best model and history are in {run_dir}\n"
+                    f"resume with: {shlex.join(['python', _script(family), '--resume', str(run_dir)])}",
+                    file=sys.stderr,
+                )
+                if "epochs_done" in saved:
+                    done = saved["epochs_done"]
+                    print(f"(it goes on after epoch {done}, the last one last.keras saved)", file=sys.stderr)
+            else:
+                print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
+            raise SystemExit(130)
+        if checkpoint.diverged_epoch is not None:
+            raise UserError(
+                f"the loss became NaN in epoch {checkpoint.diverged_epoch}; training stopped, {run_dir / 'best.keras'} "
+                "holds the last good best model (try a lower --lr)"
+            )
+        print(f"best validation accuracy {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']})")
+        print(f"run directory: {run_dir}")
+        return run_dir
 
 
 def finish(run_dir, config, checkpoint, validation, wall, interrupted):

@@ -13,7 +13,7 @@ from conftest import PROJECT, labeled_rows, run_under, write_csv
 from keras import layers
 from PIL import Image
 
-from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, cli, complexity, evaluation, models, plots, training
+from fersuite import EMOTIONS, INPUT_SHAPE, NUM_CLASSES, callbacks, cli, complexity, evaluation, models, plots, training
 from fersuite.models import build_cnn
 
 TESTS = Path(__file__).resolve().parent
@@ -349,6 +349,11 @@ def test_the_summary_says_how_each_run_ended(tmp_path):
     longer = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.4, 0.3, 0.2]})
     resumed = plots.Run(tmp_path / "resumed", {"parameters": 10}, longer, earlier_session)
     assert plots.run_summary([resumed])["status"].tolist() == ["running or killed"]  # its earlier session's metrics
+    lone = plots.Run(tmp_path, {"parameters": 10}, longer, {})  # told apart by the training lock, where it has one
+    with callbacks.training_lock(tmp_path):
+        assert plots.run_summary([lone])["status"].tolist() == ["running"]
+    (tmp_path / callbacks.LOCK).touch()  # left behind by a killed process
+    assert plots.run_summary([lone])["status"].tolist() == ["killed"]
 
 
 def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):

@@ -31,7 +31,7 @@ from conftest import (
     write_last_keras,
 )
 
-from fersuite import AUGMENTATION, EMOTIONS, INPUT_SHAPE, NUM_CLASSES, callbacks, contrast, models, training
+from fersuite import AUGMENTATION, EMOTIONS, INPUT_SHAPE, NUM_CLASSES, callbacks, contrast, models, plots, training
 from fersuite.augment import MixUpBatches, RandomAffine, RandomErasing, full_batch_order
 from fersuite.data import Split, file_digest, load_splits
 from fersuite.errors import UserError
@@ -183,7 +183,11 @@ def _epochs_done(run_dir):
 
 def _start_training(data, runs, epochs, resume_every=0, seed=0):
     """A training process of ~200 images, so each epoch takes a moment to kill it in."""
-    args = tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", resume_every, "--seed", seed)
+    return _start(*tiny_training_args("mobilenet", data, runs, epochs, "--resume-every", resume_every, "--seed", seed))
+
+
+def _start(*args):
+    """train_mobilenet.py with these flags, in the background."""
     return subprocess.Popen(
         [sys.executable, "-c", CTRL_C_AS_IN_A_TERMINAL, str(PROJECT / "train_mobilenet.py"), *map(str, args)],
         stdout=subprocess.PIPE,
@@ -593,9 +597,12 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     runs = tmp_path / "my runs"
     process = _start_training(bigger_csv, runs, epochs=50, resume_every=3600)  # the first epoch is saved all the same
     run_dir = _wait_for_epochs(process, runs, 1)
+    second = run_script("train_mobilenet.py", "--resume", run_dir)  # while the run trains
+    assert second.returncode == 2 and f"{run_dir}: another process is training in it" in second.stderr, second.stderr
+    assert callbacks.lock_state(run_dir) == "running" and process.poll() is None
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130 and callbacks.lock_state(run_dir) is None  # let go, and its file removed
     resume = shlex.join(["python", str(PROJECT / "train_mobilenet.py"), "--resume", str(run_dir)])  # as it was called
     assert f"resume with: {resume}" in stderr
     recorded = shlex.split(json.loads((run_dir / "config.json").read_text())["command"])
@@ -605,6 +612,13 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     assert f"--resume '{run_dir}'\n(it goes on after epoch {saved}, the last one last.keras saved)" in stderr
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
+
+    resumed = _start("--resume", run_dir)  # then killed: the first session's metrics.json is not its last word
+    _wait_for_epochs(resumed, runs, saved + 1)
+    resumed.kill()
+    resumed.wait()
+    assert not (run_dir / "metrics.json").exists() and callbacks.lock_state(run_dir) == "killed"
+    assert plots.run_summary([plots.load_run(run_dir)])["status"].tolist() == ["killed"]
 
 
 def test_ctrl_c_that_python_drops_still_stops_at_the_next_batch(monkeypatch):
