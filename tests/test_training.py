@@ -531,22 +531,28 @@ def test_a_run_begun_on_a_gpu_resumes_on_a_cpu_with_its_optimizer_state(train_cs
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
+    policies = []
+
+    class Policy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            policies.append(keras.mixed_precision.dtype_policy().name)
+
     real_callbacks = training._callbacks
     monkeypatch.setattr(training.backend, "gpu_available", lambda: True)
-    monkeypatch.setattr(training, "_callbacks", lambda *args: [*real_callbacks(*args), StopAfterFirstEpoch()])
+    monkeypatch.setattr(training, "_callbacks", lambda *args: [*real_callbacks(*args), Policy(), StopAfterFirstEpoch()])
     config = {**_tiny_config(train_csv, tmp_path / "runs", epochs=3), "mixed_precision": "auto"}
     try:
         with pytest.raises(SystemExit, match="130"):
             training.train("dnn", config, build_network)
         run_dir = only_run(tmp_path / "runs")
         assert json.loads((run_dir / "config.json").read_text())["gpu"] is True
-        keras.mixed_precision.set_dtype_policy("float32")
+        assert keras.mixed_precision.dtype_policy().name == "float32"  # put back for the next run in this process
         monkeypatch.setattr(training.backend, "gpu_available", lambda: False)
-        monkeypatch.setattr(training, "_callbacks", real_callbacks)
+        monkeypatch.setattr(training, "_callbacks", lambda *args: [*real_callbacks(*args), Policy()])
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="Skipping variable loading for optimizer")
             training.train("dnn", {}, build_network, resume=run_dir)
-        assert keras.mixed_precision.dtype_policy().name == "mixed_float16"
+        assert policies == ["mixed_float16", "mixed_float16"]
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     history = pd.read_csv(run_dir / "history.csv")
