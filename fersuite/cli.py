@@ -215,6 +215,11 @@ class TrainingParser(Parser):
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
+        if not parsed.augment:  # the images as they are: a script's default erasing or mixup goes too
+            given = self.given(args)
+            for name in ("random_erasing", "mixup"):
+                if name not in given:
+                    setattr(parsed, name, 0.0)
         if parsed.resume:
             given = self.given(args)
             refused = [name for name in vars(parsed) if name in given and name not in ("resume", *RESUME_SETTINGS)]
@@ -383,7 +388,10 @@ def training_parser(description, defaults):
 
     augmentation = parser.add_argument_group("augmentation (ImageDataGenerator's names; applied on the device)")
     augmentation.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="train on the images as they are"
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="train on the images as they are: no rotation, shift, zoom, flip, and unless given, no erasing or mixup",
     )
     augmentation.add_argument(
         "--rotation-range",

@@ -375,19 +375,23 @@ def equalize_mode(config):
     return config.get("equalize", "auto")
 
 
-def recorded_path(recorded, run_path, recorded_run_dir):
+def recorded_path(recorded, run_path, recorded_run_dir, ran_in=None):
     """A file that a run's config.json names as it was typed, found from here: as it is, else from
-    the folder training ran in (a run recorded as runs/cnn-1 ran two folders above its directory);
-    None if neither has it. A run recorded by its absolute path says nothing about that folder."""
+    the folder training ran in: the one config.json records (`cwd`, since session 29), or one worked out
+    from the run directory (a run recorded as runs/cnn-1 ran two folders above its directory, which a
+    moved project keeps). None if neither has it. A run recorded by its absolute path, or by one that
+    climbs out with '..', says nothing about that folder."""
     recorded, recorded_run_dir = Path(recorded), Path(recorded_run_dir)
     if recorded.is_absolute() or recorded.exists():
         return recorded
-    if not recorded_run_dir.is_absolute():
+    if not recorded_run_dir.is_absolute() and ".." not in recorded_run_dir.parts:
         training_dir = Path(run_path).resolve()
         for _ in recorded_run_dir.parts:
             training_dir = training_dir.parent
         if (training_dir / recorded).exists():
             return training_dir / recorded
+    if ran_in is not None and (Path(ran_in) / recorded).exists():
+        return Path(ran_in) / recorded
     return None
 
 

@@ -892,8 +892,6 @@ def run_status(metrics, epochs=0, lock=None):
     """How a run ended, from its metrics.json and its training lock (callbacks.lock_state): without
     metrics.json, or one that counts fewer epochs than the history, it is running or was killed, which the
     lock tells apart (runs from before it have none)."""
-    if lock == "running":
-        return lock
     if not metrics or epochs > metrics.get("epochs_run", epochs):
         return lock or "running or killed"
     if metrics.get("diverged_epoch") is not None:

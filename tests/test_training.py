@@ -967,6 +967,15 @@ def test_augmentation_settings_reach_the_model_and_no_augment_leaves_it_out(trai
     assert plain.count_params() == model.count_params()
 
 
+def test_no_augment_also_drops_a_scripts_default_erasing_and_mixup_unless_given():
+    """--no-augment's help says the images as they are: train_cnn.py's default erasing (0.5) went on."""
+    from fersuite import cli
+
+    parser = cli.training_parser("", {"epochs": 1, "random_erasing": 0.5, "mixup": 0.2})
+    parsed = {flags: parser.parse_args(flags.split()) for flags in ("", "--no-augment", "--no-augment --mixup 0.3")}
+    assert [(args.random_erasing, args.mixup) for args in parsed.values()] == [(0.5, 0.2), (0.0, 0.0), (0.0, 0.3)]
+
+
 def test_fit_gets_each_faces_own_target_and_the_teachers_soft_ones(train_csv, tmp_path, monkeypatch):
     """Every row fit sees is matched to the target its face must carry."""
     faces = numbered_faces(10)
