@@ -731,7 +731,7 @@ def data_path(run, data=None):
         return Path(data)
     if "data" not in run.config:
         raise UserError(f"{run.path / 'config.json'}: has no 'data'; pass --data")
-    found = recorded_path(run.config["data"], run.path, run.config.get("run_dir", "runs/x"))
+    found = recorded_path(run.config["data"], run.path, run.config.get("run_dir", "runs/x"), run.config.get("cwd"))
     if found is None:
         raise UserError(f"{run.path}: its data file {run.config['data']} is not found from here; pass --data")
     return found

@@ -14,6 +14,7 @@ A run directory holds
 import contextlib
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -385,7 +386,7 @@ def _inputs_found(run_dir, config):
     """The run's --data and --teacher files as its config.json recorded them, found from here."""
 
     def found(recorded):
-        path = recorded_path(recorded, run_dir, config.get("run_dir", run_dir))
+        path = recorded_path(recorded, run_dir, config.get("run_dir", run_dir), config.get("cwd"))
         if path is None or not path.exists():
             raise UserError(f"{run_dir}: cannot resume, {recorded} is not found from here (nor from where it trained)")
         return str(path)
@@ -461,6 +462,7 @@ def _new_run(family, config, build_network, train_split, validation, use_gpu, eq
         "versions": {**backend.versions(), "fersuite": __version__},
         "gpu": use_gpu,
         "command": cli.command_line(),
+        "cwd": os.getcwd(),  # where the relative paths above were typed
     }
     write_json(run_dir / "config.json", config)
     return model, run_dir, config

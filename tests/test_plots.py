@@ -333,6 +333,23 @@ def test_a_relative_data_path_is_found_from_where_training_ran(tmp_path, monkeyp
     absolute = plots.Run(run_path, {"data": "data/train.csv", "run_dir": str(run_path)}, None, {})
     with pytest.raises(plots.UserError, match="pass --data"):
         plots.data_path(absolute)
+    climbed = {"data": "../data/train.csv", "run_dir": "../runs/cnn-1"}  # trained in project/notebooks
+    (tmp_path / "project" / "data" / "train.csv").rename(tmp_path / "project" / "data" / "moved.csv")
+    with pytest.raises(plots.UserError, match="pass --data"):
+        plots.data_path(plots.Run(run_path, {**climbed, "data": "../data/moved.csv"}, None, {}))
+    (tmp_path / "project" / "notebooks").mkdir()
+    ran_in = {**climbed, "cwd": str(tmp_path / "project" / "notebooks")}  # recorded since session 29
+    found = plots.data_path(plots.Run(run_path, {**ran_in, "data": "../data/moved.csv"}, None, {}))
+    assert found.resolve() == (tmp_path / "project" / "data" / "moved.csv").resolve()
+    deeper = tmp_path / "project" / "runs" / "cnn-1" / "a"  # trained in a/notebooks, runs in a/runs/cnn-1
+    for folder in ("notebooks", "data", "runs/cnn-1"):
+        (deeper / folder).mkdir(parents=True)
+    (deeper / "data" / "moved.csv").write_text("")
+    (tmp_path / "project" / "runs" / "data").mkdir()
+    (tmp_path / "project" / "runs" / "data" / "moved.csv").write_text("")  # where climbing 3 folders up leads
+    config = {**ran_in, "data": "../data/moved.csv", "cwd": str(deeper / "notebooks")}
+    decoy = plots.data_path(plots.Run(deeper / "runs" / "cnn-1", config, None, {}))
+    assert decoy.resolve() == (deeper / "data" / "moved.csv").resolve()  # not the climb's ../data/moved.csv
 
 
 def test_the_summary_says_how_each_run_ended(tmp_path):

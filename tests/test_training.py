@@ -54,7 +54,7 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     assert config["mixed_precision"] == ("off" if family == "dnn" else "auto")
     assert config["versions"]["backend"] == keras.backend.backend() and config["versions"]["keras"] == keras.__version__
     assert len(config["data_digest"]) == 32 and config["equalize"] == "auto" and config["equalized"] is False
-    assert "judged raw" not in result.stdout
+    assert "judged raw" not in result.stdout and Path(config["cwd"]).is_dir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["parameters"] == config["parameters"]
     assert 0 <= metrics["best_val_accuracy"] <= 1
@@ -1083,3 +1083,14 @@ def test_a_run_on_raw_faces_says_it_equalized_them_and_records_it(tmp_path):
     result = run_script("train_dnn.py", *tiny_training_args("dnn", path, runs), "--val-split", 0.5, check=True)
     assert f"{path}: its faces are not histogram-equalized (judged raw); equalized as read" in result.stdout
     assert json.loads((only_run(runs) / "config.json").read_text())["equalized"] is True
+
+
+def test_a_resume_finds_data_typed_with_dot_dot_from_the_folder_training_ran_in(tmp_path):
+    """Trained in project/notebooks with --data ../data/train.csv --runs-dir ../runs: the run's folder
+    alone cannot tell where 'notebooks' was; config.json's cwd does."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "data").mkdir()
+    data = write_csv(tmp_path / "data" / "train.csv", "label,feature", labeled_rows(14))
+    config = {"data": "../data/train.csv", "run_dir": "../runs/cnn-1", "cwd": str(tmp_path / "notebooks")}
+    found = training._inputs_found(tmp_path / "runs" / "cnn-1", config)
+    assert Path(found["data"]).resolve() == Path(data).resolve() and found["teacher"] == []
