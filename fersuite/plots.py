@@ -467,19 +467,21 @@ def conv_layer_names(model):
 def pick_conv_layer(model, name=None):
     """The named layer, or the middle convolution: past the edge detectors, not yet 3x3 maps. Only
     convolutions wider than 1x1 count for the default, when there are any: a MobileNet's pointwise and
-    shortcut layers mix channels and draw flat grey squares as filter patterns."""
+    shortcut layers mix channels and draw flat grey squares as filter patterns. None for a model without
+    convolutions (a DNN beside CNNs is skipped, --layer or not)."""
     convolutions = conv_layer_names(model)
+    if not convolutions:
+        return None
     if name is None:
         spatial = [layer for layer in convolutions if max(model.get_layer(layer).kernel_size) > 1] or convolutions
         return spatial[len(spatial) // 2] if spatial else None
     if name not in [layer.name for layer in model.layers]:
         raise UserError(
-            f"model '{model.name}' has no layer '{name}'; its conv layers: {', '.join(convolutions) or 'none'}"
+            f"model '{model.name}' has no layer '{name}'; its conv layers: {', '.join(convolutions)}"
         )
     if len(model.get_layer(name).output.shape) != 4:
         raise UserError(
-            f"layer '{name}' of model '{model.name}' has no feature maps; pick a conv layer: "
-            f"{', '.join(convolutions) or 'none'}"
+            f"layer '{name}' of model '{model.name}' has no feature maps; pick a conv layer: {', '.join(convolutions)}"
         )
     return name
 
@@ -499,7 +501,8 @@ def check_runs(runs, figures, options, cache):
                 if activations:
                     check_face(split, options)
         except UserError as error:
-            raise UserError(f"{run.path}: {error}") from None
+            message = str(error)  # some already name the run
+            raise UserError(message if message.startswith(str(run.path)) else f"{run.path}: {message}") from None
 
 
 def check_face(split, options):

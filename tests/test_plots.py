@@ -158,6 +158,17 @@ def test_the_default_layer_is_the_middle_convolution_wider_than_1x1():
     assert plots.pick_conv_layer(mobilenet, "stage2_shortcut_conv") == "stage2_shortcut_conv"  # asked for
     pointwise_only = keras.Sequential([keras.Input(INPUT_SHAPE), layers.Conv2D(2, 1, name="mix"), layers.Flatten()])
     assert plots.pick_conv_layer(pointwise_only) == "mix"  # 1x1 when there is nothing wider
+    dnn = models.build_dnn(INPUT_SHAPE, NUM_CLASSES, units=(8,))
+    assert plots.pick_conv_layer(dnn, "block2_conv1") is None  # skipped beside CNNs, not an error
+
+
+def test_a_run_whose_data_is_not_found_is_named_once(report, tmp_path):
+    run_dir, _ = report
+    moved = plots.Run(run_dir, {**plots.load_run(run_dir).config, "data": "gone.csv"}, None, {})
+    with pytest.raises(plots.UserError) as refused:
+        plots.check_runs([moved], ["confusion"], plots.Options(), plots.RunCache())
+    message = str(refused.value)
+    assert message.startswith(f"{run_dir}: its data file gone.csv") and message.count(str(run_dir)) == 1, message
 
 
 def test_saliency_is_nonzero_exactly_at_the_pixel_the_scores_depend_on():
