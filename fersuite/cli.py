@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,20 @@ SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 
 
 def run(main):
-    """Call main(); bad input ends with 'error: ...' on stderr and exit status 2, no traceback."""
+    """Call main(); bad input ends with 'error: ...' on stderr and exit status 2, no traceback; Ctrl-C
+    with 'interrupted' and status 130, even where a library turned its KeyboardInterrupt into another
+    error (Keras's int8 Dense under PyTorch raised 'Invalid dtype: object'). Once a script's main has
+    returned, Ctrl-C is ignored: its outputs are written, and an interrupt could only spoil the
+    interpreter's shutdown (PyTorch's takes seconds) with a fatal error."""
+    pressed = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note_ctrl_c(signum, frame):
+        pressed.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    if previous is signal.default_int_handler:  # not where SIGINT is ignored (a job started with nohup)
+        signal.signal(signal.SIGINT, note_ctrl_c)
     try:
         main()
     except UserError as error:
@@ -30,6 +44,14 @@ def run(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception:
+        if pressed:
+            print("\ninterrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+    finally:
+        done_with_the_process = getattr(main, "__module__", None) == "__main__"
+        signal.signal(signal.SIGINT, signal.SIG_IGN if done_with_the_process else previous)
 
 
 def module_prog(spec):
