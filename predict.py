@@ -204,7 +204,7 @@ def main():
         if args.out is None and table.layout == "unlabeled":
             args.out = SUBMISSION
         if args.out is not None:
-            cli.check_output(args.out, args.force)
+            cli.check_output(args.out, args.force, inputs=[args.data, *paths])
     models = [evaluation.load_model(path) for path in paths]
 
     if args.validation:

@@ -113,11 +113,15 @@ class _QuietTensorFlowImport:
                 importlib.import_module("tensorflow")
 
 
-def check_output(path, force):
-    """Refuse an output file before any work is done, so nothing is half-done or overwritten by accident."""
+def check_output(path, force, inputs=()):
+    """Refuse an output file before any work is done, so nothing is half-done or overwritten by accident;
+    one of the command's own input files never, even with --force (a test.csv lost to its submission)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a file name")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise UserError(f"{path}: is an input of this command ({source}); write the output elsewhere")
     if path.exists() and not force:
         raise UserError(f"{path}: already exists; pass --force to overwrite it")
     if not path.parent.is_dir():

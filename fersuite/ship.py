@@ -59,7 +59,7 @@ def ship(source, destination, force=False, int8=False, int4=False):
     destination = Path(destination)
     if destination.suffix != ".keras":
         raise UserError(f"{destination}: the name must end in .keras")
-    cli.check_output(destination, force)
+    cli.check_output(destination, force, inputs=[source])
     model = float32_model(load_model(source))
     parameters = float_parameter_count(model)
     if int8 or int4:

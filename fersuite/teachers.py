@@ -99,7 +99,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.out.endswith(".npz"):
         parser.error("--out must end in .npz")
-    cli.check_output(args.out, args.force)
+    cli.check_output(args.out, args.force, inputs=[args.data, *args.models])
     table = load_table(args.data, equalize=args.equalize)
     report_equalized(args.data, table.equalized_as_read, args.equalize)
     print(f"{len(args.models)} teacher file(s) on {len(table.pixels):,} faces and their mirrors")

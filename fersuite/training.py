@@ -555,6 +555,8 @@ def train(family, config, build_network, resume=None):
             )
         print(f"best validation accuracy {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']})")
         print(f"run directory: {run_dir}")
+        predict = ["python", "predict.py", "--model", str(run_dir / "best.keras"), "--data", "test.csv"]
+        print(f"a submission for a test.csv: {shlex.join(predict)}")
         return run_dir
 
 

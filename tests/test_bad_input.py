@@ -212,7 +212,8 @@ def _scores_model(directory):
 
 MODEL_CASES = [
     ("model-missing", lambda d: d / "none.keras", "no such file"),
-    ("model-not-a-model", lambda d: text_file(d, "fake.keras", "not a zip"), "not a readable Keras model"),
+    ("model-not-a-model", lambda d: text_file(d, "fake.keras", "not a zip"), "Keras model (ValueError)\n"),
+    ("model-renamed", lambda d: _scores_model(d).rename(d / "model.h5"), "a .keras file must keep it"),
     ("model-is-a-directory", lambda d: d, "is a directory"),
     ("model-wrong-input-shape", _wrong_input_model, "expected (48, 48, 1)"),
     ("model-wrong-classes", _wrong_classes_model, "outputs 5 classes"),

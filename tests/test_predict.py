@@ -6,6 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,7 @@ from conftest import (
     write_csv,
 )
 
-from fersuite import EMOTIONS, evaluation
+from fersuite import EMOTIONS, NUM_CLASSES, evaluation
 from fersuite.data import load_table
 
 
@@ -74,6 +76,23 @@ def test_existing_submission_is_kept_unless_forced(trained_model, test_csv, tmp_
     assert refused.returncode == 2 and out.read_text() == "mine"
     run_script("predict.py", "--model", trained_model, "--data", test_csv, "--out", out, "--force", check=True)
     assert out.read_text().startswith("id,label")
+    own = shutil.copy(test_csv, tmp_path / "mine.csv")
+    for given in (own, trained_model):  # the command's own input: never, --force or not
+        before = Path(given).read_bytes()
+        lost = run_script("predict.py", "--model", trained_model, "--data", own, "--out", given, "--force")
+        assert lost.returncode == 2 and f"{given}: is an input of this command" in lost.stderr, lost.stderr
+        assert Path(given).read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["s.csv.gz", "s.csv.bz2", "s.csv.xz", "s.zip", "s.csv.zip", "S.CSV.GZ"])
+def test_a_compressed_submission_name_gets_a_compressed_submission(tmp_path, name):
+    """Kaggle takes each, by its content; plain text under a .gz name is refused on upload."""
+    probabilities = np.eye(NUM_CLASSES)[[3, 0, 6]]
+    evaluation.write_submission(tmp_path / name, ["a", "b", "c"], probabilities)
+    read = pd.read_csv(tmp_path / name, dtype={"id": str}, compression="gzip" if name.isupper() else "infer")
+    assert list(read["id"]) == ["a", "b", "c"] and list(read["label"]) == [3, 0, 6]
+    if name.endswith(".zip"):
+        assert zipfile.ZipFile(tmp_path / name).namelist() == ["s.csv"]
 
 
 def test_fer2013_prints_public_and_private_accuracy(trained_model, fer2013_csv, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from fersuite import INPUT_SHAPE, NUM_CLASSES, evaluation, models, training
 from fersuite.atomic import save_model
+from fersuite.errors import UserError
 from fersuite.quantize import INT4_MAX, INT8_MAX, Int4Conv2D, Int8Conv2D, float_weights, quantize_convolutions
 from fersuite.ship import ship
 
@@ -77,6 +78,8 @@ def test_int8_ship_halves_a_cnn_and_predicts_like_it(tmp_path):
     halved, quartered = tmp_path / "cnn16.keras", tmp_path / "cnn8.keras"
     ship(source, halved)
     ship(source, quartered, int8=True)
+    with pytest.raises(UserError, match="is an input of this command"):  # a run's best.keras, kept whole
+        ship(source, source, force=True)
 
     stored = stored_variables(quartered)
     convolutions = [name for name in stored if "conv2d" in name]

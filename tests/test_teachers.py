@@ -40,6 +40,8 @@ def test_a_saved_file_gives_the_targets_of_its_models_on_any_split(two_teachers,
     weighted = teachers.probabilities([str(both), two_teachers[1]], faces)
     np.testing.assert_allclose(weighted, teachers.probabilities([*two_teachers, two_teachers[1]], faces), atol=1e-6)
     assert np.load(both)["sources"].tolist() == list(two_teachers)
+    with pytest.raises(UserError, match="is an input of this command"):  # an earlier file among the teachers
+        teachers.main([str(both), "--data", str(train_csv), "--out", str(both), "--force"])
     assert not np.allclose(
         teachers.probabilities([str(first_only)], faces), teachers.probabilities([two_teachers[1]], faces), atol=1e-3
     )

@@ -47,6 +47,8 @@ def test_one_epoch_writes_the_run_directory(family, train_csv, tmp_path):
     run_dir = only_run(runs)
     assert run_dir.name.startswith(f"{family}-")
     assert f"run directory: {run_dir}" in result.stdout
+    submission = f"a submission for a test.csv: python predict.py --model {run_dir / 'best.keras'} --data test.csv"
+    assert submission in result.stdout
     assert RUN_FILES <= {path.name for path in run_dir.iterdir()}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["family"] == family and config["seed"] == 0 and config["epochs"] == 1
