@@ -51,7 +51,8 @@ def main():
         "--params",
         type=cli.positive_int,
         default=DEFAULT_CNN_PARAMETERS,
-        help="parameter budget; widths are chosen to land within 2%% of it (default: %(default)s, the default CNN's)",
+        help="parameter budget: the widest DNN of --depth equal layers within it "
+        "(default: %(default)s, the default CNN's)",
     )
     network.add_argument(
         "--depth", type=cli.positive_int, default=3, help="number of hidden Dense layers (default: %(default)s)"
@@ -66,15 +67,14 @@ def main():
     args = parser.parse_args()
 
     from fersuite import INPUT_SHAPE, NUM_CLASSES, training
-    from fersuite.models import dnn_parameter_count, dnn_units_for_budget
+    from fersuite.models import dnn_parameter_count
 
     if not args.units and not args.resume:
-        units = dnn_units_for_budget(args.params, INPUT_SHAPE, NUM_CLASSES, args.depth)
-        closest = dnn_parameter_count(math.prod(INPUT_SHAPE), NUM_CLASSES, units)
-        if abs(closest - args.params) > 0.02 * args.params:
+        smallest = dnn_parameter_count(math.prod(INPUT_SHAPE), NUM_CLASSES, [1] * args.depth)
+        if smallest > args.params:
             parser.error(
-                f"--params {args.params:,}: the closest {args.depth}-layer DNN has {closest:,} parameters; "
-                "give a larger budget or --units"
+                f"--params {args.params:,}: the smallest {args.depth}-layer DNN has {smallest:,} parameters; "
+                "give a larger budget, a smaller --depth or --units"
             )
 
     training.train("dnn", vars(args), build_network, resume=args.resume)

@@ -116,16 +116,17 @@ def dnn_parameter_count(input_size, num_classes, units):
 
 
 def dnn_units_for_budget(budget, input_shape, num_classes, depth=3):
-    """Equal widths for `depth` layers whose total parameter count is as close to budget as can be."""
+    """Equal widths for `depth` layers: the widest whose total parameter count stays within the budget
+    (a DNN compared with a CNN "at its size" must not be the larger); width 1 if even that is over it."""
     if depth < 1:
         raise ValueError("depth must be at least 1")
     input_size = math.prod(input_shape)
     # (depth - 1) w^2 + (input_size + 5 depth + num_classes) w + num_classes = budget
     a, b, c = depth - 1, input_size + 5 * depth + num_classes, num_classes - budget
-    width = -c / b if a == 0 else (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
-    candidates = {max(1, math.floor(width)), max(1, math.ceil(width))}
-    best = min(candidates, key=lambda w: abs(dnn_parameter_count(input_size, num_classes, [w] * depth) - budget))
-    return (best,) * depth
+    width = max(1, math.floor(-c / b if a == 0 else (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)) + 1)
+    while width > 1 and dnn_parameter_count(input_size, num_classes, [width] * depth) > budget:
+        width -= 1  # from one above the root, against its rounding
+    return (width,) * depth
 
 
 def _scaled(channels, alpha):

@@ -343,7 +343,7 @@ FLAG_CASES = [
     ("predict", ["face.png", "--out", "x.csv"], "--out writes a submission for --data"),
     ("train_cnn", ["--epochs", "abc"], "argument --epochs: expected an integer, got 'abc'"),
     ("train_cnn", ["--val-split", "half"], "argument --val-split: expected a number, got 'half'"),
-    ("train_dnn", ["--params", "10"], "--params 10: the closest 3-layer DNN has 2,335 parameters"),
+    ("train_dnn", ["--params", "10"], "--params 10: the smallest 3-layer DNN has 2,335 parameters"),
     ("train_mobilenet", ["--dense", "32"], "--dense does not apply to --architecture residual"),
     ("train_mobilenet", ["--architecture", "hw8", "--stages", "8,16"], "--stages does not apply to --architecture hw8"),
     ("train_mobilenet", ["--stages", "8,8,8,8,8"], "--stages: at most 4 stages"),

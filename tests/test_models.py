@@ -25,12 +25,16 @@ def test_default_mobilenet_fits_the_60k_budget_and_uses_separable_blocks():
     assert {"DepthwiseConv2D", "Add", "GlobalAveragePooling2D"} <= kinds
 
 
-@pytest.mark.parametrize("budget,depth", [(5_927_239, 3), (1_000_000, 2), (300_000, 1), (60_000, 4)])
-def test_dnn_lands_within_two_percent_of_the_budget(budget, depth):
+@pytest.mark.parametrize(
+    "budget,depth",
+    [(5_927_239, 3), (1_500_000, 3), (1_000_000, 2), (300_000, 1), (60_000, 4), (33_943, 3), (2_400, 3), (50_000, 1)],
+)
+def test_dnn_is_the_widest_within_the_budget(budget, depth):
+    """The default (the CNN's 5,927,239) built 5,930,335; a 34k budget was refused though 32,963 fit."""
     units = models.dnn_units_for_budget(budget, INPUT_SHAPE, NUM_CLASSES, depth)
     model = models.build_dnn(INPUT_SHAPE, NUM_CLASSES, units=units)
-    assert len(units) == depth
-    assert abs(model.count_params() - budget) / budget < 0.02
+    assert len(units) == depth and len(set(units)) == 1
+    assert model.count_params() <= budget < models.dnn_parameter_count(48 * 48, NUM_CLASSES, [units[0] + 1] * depth)
     assert models.dnn_parameter_count(48 * 48, NUM_CLASSES, units) == model.count_params()
 
 
