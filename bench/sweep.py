@@ -23,6 +23,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # for `python bench/sweep.py` as well as `python -m bench.sweep`
 from fersuite import cli
+from fersuite.errors import UserError
 
 cli.quiet_backend_logs()
 
@@ -64,9 +65,15 @@ def parse_args():
         default=None,
         help=f"comma-separated labels, a subset of {', '.join(LABELS)} (default: every size of --families)",
     )
-    parser.add_argument("--quick", action="store_true", help="1 epoch per size on the bundled sample")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 epoch per size on the bundled sample (unless --epochs, --data given)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
+    if args.quick:
+        given = parser.given()
+        args.data = args.data if "data" in given else str(cli.SAMPLE)
+        args.epochs = args.epochs if "epochs" in given else 1
     args.families = cli.chosen_names(parser, args.families, sorted({family for family, _, _ in SIZES}))
     args.sizes = set(args.sizes.split(",")) if args.sizes else set(LABELS)
     unknown = sorted(args.sizes - set(LABELS))
@@ -127,14 +134,14 @@ def run_sizes(args):
                 continue
             cli.run_script(line)
             run_dir = finished_run(args.runs_dir, label, digest, recognised_by)
+            if run_dir is None:
+                raise UserError(f"{label}: trained, but no finished run of its settings is in {args.runs_dir}/{label}")
         sizes.append((label, run_dir))
     return sizes
 
 
 def main():
     args = parse_args()
-    if args.quick:
-        args.data, args.epochs = str(cli.SAMPLE), 1
     if args.out is None:  # a quick sweep on the sample must not replace a real sweep's figures
         args.out = str(PROJECT / "bench" / "sweep" / ("quick" if args.quick else ""))
     sizes = run_sizes(args)

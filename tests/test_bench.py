@@ -4,6 +4,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import pandas as pd
@@ -31,6 +32,10 @@ def test_quick_sweep_trains_each_size_once_and_labels_the_figure_by_size(tmp_pat
     assert sorted(path.parent.parent.name for path in runs_dir.glob("*/*/metrics.json")) == sorted(labels)
     longer = run_script("bench/sweep.py", *args[1:], "--data", cli.SAMPLE, "--epochs", 2, "--dry-run", cwd=tmp_path)
     assert longer.stdout.count("train_mobilenet.py") == 2  # 1-epoch runs do not stand in for 2-epoch ones
+    other = tmp_path / "mine.csv"
+    other.write_bytes(Path(cli.SAMPLE).read_bytes())
+    told = run_script("bench/sweep.py", *args, "--data", other, "--epochs", 3, "--dry-run", cwd=tmp_path)
+    assert f"--data {other} " in told.stdout and "--epochs 3 " in told.stdout  # --quick gives way to them
     unknown = run_script("bench/sweep.py", "--sizes", "mobilenet-5k,cnn-9", "--dry-run")
     assert unknown.returncode == 2 and "error: unknown size cnn-9;" in unknown.stderr
 
