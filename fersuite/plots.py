@@ -699,11 +699,18 @@ def distinct_names(runs):
 
 
 def find_runs(runs_dir):
-    """Every run directory (one with a config.json) under runs_dir, oldest name first."""
+    """Every run directory (one with a config.json) under runs_dir, or a folder deeper as a sweep keeps
+    them (runs/sweep/<size>/<run>), in name order."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: no such runs directory; name run directories explicitly")
-    found = sorted(child for child in runs_dir.iterdir() if (child / "config.json").is_file())
+    found = sorted(
+        run
+        for child in runs_dir.iterdir()
+        if child.is_dir()
+        for run in ([child] if (child / "config.json").is_file() else child.iterdir())
+        if (run / "config.json").is_file()
+    )
     if not found:
         raise UserError(f"{runs_dir}: no run directories (with a config.json) inside")
     return found

@@ -534,3 +534,12 @@ def test_embedding_legend_counts_each_emotion(drawn, tmp_path):
     legend = [text.get_text() for text in axis.get_legend().get_texts()]
     assert legend == [f"{emotion} ({count})" for emotion, count in zip(EMOTIONS, [2, 0, 0, 1, 0, 0, 3])]
     assert axis.collections[6].get_offsets().tolist() == points[3:].tolist()
+
+
+def test_runs_dir_finds_runs_and_a_sweeps_runs_a_folder_deeper(tmp_path):
+    for run in ("cnn-1", "mobilenet-5k/mobilenet-1", "mobilenet-5k/notes", "empty"):
+        (tmp_path / run).mkdir(parents=True)
+    for run in ("cnn-1", "mobilenet-5k/mobilenet-1"):
+        (tmp_path / run / "config.json").write_text("{}")
+    (tmp_path / "runs.md").write_text("")
+    assert plots.find_runs(tmp_path) == [tmp_path / "cnn-1", tmp_path / "mobilenet-5k" / "mobilenet-1"]
