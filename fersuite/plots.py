@@ -323,6 +323,10 @@ LABEL_PLACES = tuple(
 )
 
 
+# A thin line from each name to its point: among close neighbours a name can sit nearer another point.
+LEADER = {"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4}
+
+
 def _label_points(axis, xs, ys, names):
     """Each point's name beside it, on the first side where it covers no point and no other name,
     inside the axes; with none free, the side that covers least.
@@ -353,7 +357,14 @@ def _label_points(axis, xs, ys, names):
         tries = []
         for offset, horizontal, vertical in LABEL_PLACES:
             label = axis.annotate(
-                name, (x, y), xytext=offset, textcoords="offset points", fontsize=8, ha=horizontal, va=vertical
+                name,
+                (x, y),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=8,
+                ha=horizontal,
+                va=vertical,
+                arrowprops=LEADER,
             )
             box = label.get_window_extent(renderer)
             tries.append((covered(box), len(tries), label, box))

@@ -205,6 +205,7 @@ def test_run_names_of_neighbouring_points_do_not_overlap():
     boxes = [text.get_window_extent(renderer) for text in axis.texts]
     centres = axis.transData.transform(np.column_stack([parameters, accuracy]))
     assert [text.get_text() for text in axis.texts] == names
+    assert all(text.arrow_patch is not None for text in axis.texts)  # a line to its own point: no guessing
     for index, box in enumerate(boxes):
         assert not any(box.overlaps(other) for other in boxes[index + 1 :])
         assert not any(box.contains(x, y) for x, y in centres)
