@@ -182,7 +182,7 @@ def add_equalize(parser, default_text="%(default)s"):
 
 def int_list(text):
     try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(int(part) for part in text.split(","))  # "64,,32" is a typo, not 64,32
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
     if not values or min(values) < 1:

@@ -316,6 +316,7 @@ FLAG_CASES = [
     ("train_mobilenet", ["--batch-size", "0"], "--batch-size"),
     ("train_mobilenet", ["--alpha", "-0.5"], "--alpha"),
     ("train_cnn", ["--filters", "64,x"], "--filters"),
+    ("train_dnn", ["--units", "64,,32"], "--units: expected comma-separated integers, got '64,,32'"),
     ("train_cnn", ["--lr", "0"], "--lr"),
     ("train_dnn", ["--label-smoothing", "1.5"], "--label-smoothing"),
     ("train_cnn", ["--optimizer", "rmsprop"], "--optimizer"),
