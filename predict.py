@@ -41,8 +41,8 @@ def parse_args():
     parser.add_argument(
         "images",
         nargs="*",
-        help="image files of cropped faces (PNG/JPG, any size or colour; resized to 48x48 and, "
-        "unless --equalize never, histogram-equalized) to classify",
+        help="image files of cropped faces (PNG/JPG, any size or colour; resized to 48x48 and "
+        "histogram-equalized unless they already are, see --equalize) to classify",
     )
     parser.add_argument(
         "--model",

@@ -841,11 +841,12 @@ def report_run(run, out_dir, figures, options=None, cache=None, log=print):
     if layer is not None and "activations" in figures:
         wrote([_activations_figure(model, run, layer, split, options, target)])
     if set(PREDICTION_FIGURES) & set(figures):
-        wrote(_prediction_figures(model, run, f"{data.name} {options.split} split", split, figures, options, target))
+        source = f"{data.name} {options.split} split"
+        wrote(_prediction_figures(model, run, source, split, figures, options, target, log))
     return written
 
 
-def _prediction_figures(model, run, source, split, figures, options, target):
+def _prediction_figures(model, run, source, split, figures, options, target, log=print):
     paths = []
     probabilities, features = predict(model, split.pixels, "features" in figures, options.batch_size, run.model_path)
     predictions = probabilities.argmax(axis=1)
@@ -880,7 +881,7 @@ def _prediction_figures(model, run, source, split, figures, options, target):
         )
     embedded = 0 if features is None else min(len(features), options.embedding_images)
     if "features" in figures and embedded < 3:
-        print(f"{run.name}: {embedded} images are too few for an embedding figure")
+        log(f"{run.name}: {embedded} images are too few for an embedding figure")
     elif "features" in figures:
         sample = np.sort(np.random.default_rng(options.seed).permutation(len(features))[: options.embedding_images])
         for method, label in (("pca", "PCA"), ("tsne", "t-SNE"))[: 2 if options.tsne else 1]:

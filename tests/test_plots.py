@@ -229,6 +229,9 @@ def test_too_few_images_for_an_embedding_are_skipped(report, tmp_path):
     assert sorted(path.name for path in (tmp_path / run_dir.name).iterdir()) == ["mistakes.png"]
     report_main([str(run_dir), "--figures", "features", "--embedding-images", "1", "--out", str(tmp_path / "one")])
     assert not list((tmp_path / "one").rglob("*.png"))
+    said, run = [], plots.load_run(run_dir)  # through the caller's log, as every other note
+    plots.report_run(run, tmp_path / "two", ["features"], plots.Options(embedding_images=1), log=said.append)
+    assert f"{run.name}: 1 images are too few for an embedding figure" in said
 
 
 def test_a_run_whose_model_has_no_softmax_is_refused_by_name(report, tmp_path):
