@@ -302,7 +302,7 @@ def training_parser(description, defaults):
     )
     data.add_argument(
         "--resume-every",
-        type=finite,
+        type=non_negative,
         default=60.0,
         metavar="SECONDS",
         help="save last.keras, the state --resume continues from, at most this often, on each new best "

@@ -337,7 +337,7 @@ FLAG_CASES = [
     ("train_cnn", ["--weight-decay", "inf"], "argument --weight-decay: must be 0 or more, got inf"),
     ("train_mobilenet", ["--alpha", "nan"], "argument --alpha: must be a finite number, got nan"),
     ("train_cnn", ["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
-    ("train_mobilenet", ["--resume-every", "nan"], "argument --resume-every: must be a finite number"),
+    ("train_mobilenet", ["--resume-every", "nan"], "argument --resume-every: must be 0 or more"),
     ("train_cnn", ["--filters", "8,8,8,8,8,8"], "--filters: at most 5 blocks"),
     ("train_mobilenet", ["--patience", "-1"], "argument --patience: must be 0 or more"),
     ("train_dnn", ["--rotation-range", "-5"], "argument --rotation-range: must be 0 or more"),
@@ -409,6 +409,8 @@ def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_pat
     assert code == 2 and "drop --batch-size" in err, "a setting given at its default value is ignored too"
     code, err = invoke("train_mobilenet", ["--resume", run_dir, "--quiet", "--resume-every", 0], monkeypatch, capsys)
     assert code == 2 and f"{run_dir}: is a cnn run; resume it with train_cnn.py" in err, err
+    code, err = invoke("train_cnn", ["--resume", run_dir, "--resume-every", -5], monkeypatch, capsys)
+    assert code == 2 and "argument --resume-every: must be 0 or more" in err, err  # check_config skips a resume
     code, err = invoke("train_cnn", ["--resume", tmp_path / "no_such_run"], monkeypatch, capsys)
     assert code == 2 and "no_such_run: no such run directory" in err, err
     (run_dir / "metrics.json").write_text('{"interrupted": false}')
