@@ -295,7 +295,19 @@ def start_from(model, path):
             f"{path}: its network differs from the one these flags build ({where}); "
             f"pass the network flags it was trained with{trained_by}"
         )
+    there, here = _normalization(source), _normalization(model)
+    if there and here and there != here:  # weightless layers: the shapes above cannot tell them apart
+        raise UserError(
+            f"{path}: was trained with --normalization {there}, these flags scale pixels as {here}; "
+            f"pass --normalization {there}"
+        )
     model.set_weights(source_weights)
+
+
+def _normalization(model):
+    """How a model built by models.preprocessing_layers scales its pixels, by its layer's name."""
+    names = {layer.name for layer in model.layers}
+    return "featurewise" if "normalize" in names else "unit" if "rescale" in names else None
 
 
 def _compile(model, config, steps_per_epoch):

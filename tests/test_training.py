@@ -1020,6 +1020,10 @@ def test_init_from_copies_a_trained_models_weights_and_refuses_another_network(t
         np.testing.assert_array_equal(copied, original)
     with pytest.raises(UserError, match=r"its network differs .* \(3, 3, 1, 2\) there, \(3, 3, 1, 4\) here"):
         training.start_from(build(0.5, seed=2), tmp_path / "trained.keras")
+    featurewise = models.preprocessing_layers(normalization="featurewise", mean=120.0, std=60.0)
+    scaled = models.build_mobilenet(INPUT_SHAPE, NUM_CLASSES, featurewise, alpha=0.25)
+    with pytest.raises(UserError, match="trained with --normalization unit, these flags scale pixels as featurewise"):
+        training.start_from(scaled, tmp_path / "trained.keras")  # same weights' shapes, other input scale
 
 
 def test_init_from_run_records_its_starting_model(train_csv, tmp_path):
