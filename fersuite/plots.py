@@ -26,7 +26,7 @@ from scipy import ndimage
 from fersuite import EMOTIONS, backend, complexity, evaluation
 from fersuite.atomic import save_figure, write_text
 from fersuite.callbacks import best_row, lock_state
-from fersuite.data import Split, equalize_mode, file_digest, load_splits, recorded_path, split_seed
+from fersuite.data import Split, equalize_mode, faces_digest, file_digest, load_splits, recorded_path, split_seed
 from fersuite.errors import UserError
 
 DPI = 150
@@ -771,19 +771,29 @@ class RunCache:
             self.models[run.path] = evaluation.load_model(run.model_path)
         return self.models[run.path]
 
+    def _trained_on(self, run, path, key, splits):
+        """Whether the run trained on this data: by the hash of its validation faces where it recorded
+        one (a packed copy of its CSV has the same faces), else by the file's content."""
+        recorded = run.config.get("validation_digest")
+        if recorded is not None and "validation" in splits:
+            if key not in self.digests:
+                self.digests[key] = faces_digest(splits["validation"].pixels)
+            return self.digests[key] == recorded
+        if key[0] not in self.digests:
+            self.digests[key[0]] = file_digest(path)
+        return run.config.get("data_digest", self.digests[key[0]]) == self.digests[key[0]]
+
     def get(self, run, options, log=print):
         path = data_path(run, options.data)
         key = (str(path.resolve()), run.config.get("val_split", 0.1), split_seed(run.config), equalize_mode(run.config))
         if key not in self.splits:
             self.splits[key] = load_splits(path, *key[1:])
-        if key[0] not in self.digests:
-            self.digests[key[0]] = file_digest(path)
-        if run.config.get("data_digest", self.digests[key[0]]) != self.digests[key[0]]:
+        splits = self.splits[key]
+        if not self._trained_on(run, path, key, splits):
             log(
                 f"warning: {path} is not the file {run.name} was trained on; "
                 f"its {options.split} split may include training images"
             )
-        splits = self.splits[key]
         if options.split not in splits:
             raise UserError(f"{path}: has no '{options.split}' split (it has {', '.join(splits)})")
         split = splits[options.split]

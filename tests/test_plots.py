@@ -397,6 +397,17 @@ def test_every_run_trained_on_other_contents_is_warned_about(tmp_path):
             plots.Run(tmp_path / name, {"data": str(data), **config}, None, {}), plots.Options(), log=warnings.append
         )
     assert len(warnings) == 1 and "other" in warnings[0]
+    packed = tmp_path / "train.npz.xz"  # the same faces, another file: compared by its validation faces
+    from fersuite import data as fer_data
+
+    fer_data.pack_table(fer_data.load_table(data), packed)
+    faces = plots.faces_digest(plots.load_splits(data)["validation"].pixels)
+    recorded = {"packed": faces, "other faces": "0" * 32}
+    warnings.clear()
+    for name, digest in recorded.items():
+        config = {"data": str(packed), "data_digest": plots.file_digest(data), "validation_digest": digest}
+        cache.get(plots.Run(tmp_path / name, config, None, {}), plots.Options(), log=warnings.append)
+    assert len(warnings) == 1 and "other faces" in warnings[0]
 
 
 @pytest.fixture
