@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -545,20 +546,21 @@ def train(family, config, build_network, resume=None):
                 )
         except KeyboardInterrupt:
             interrupted = True
+        if interrupted and not resume and not checkpoint.rows:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a config.json alone would stand in runs/ as a run
+            print(f"\ninterrupted before the first epoch ended: nothing kept ({run_dir} removed)", file=sys.stderr)
+            raise SystemExit(130)
         metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - launched, interrupted)
-        if interrupted:
-            if (run_dir / "last.keras").exists():
-                saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
-                print(
-                    f"\ninterrupted: best model and history are in {run_dir}\n"
-                    f"resume with: {shlex.join(['python', _script(family), '--resume', str(run_dir)])}",
-                    file=sys.stderr,
-                )
-                if "epochs_done" in saved:
-                    done = saved["epochs_done"]
-                    print(f"(it goes on after epoch {done}, the last one last.keras saved)", file=sys.stderr)
-            else:
-                print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr)
+        if interrupted:  # after an epoch, which saved last.keras
+            saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
+            print(
+                f"\ninterrupted: best model and history are in {run_dir}\n"
+                f"resume with: {shlex.join(['python', _script(family), '--resume', str(run_dir)])}",
+                file=sys.stderr,
+            )
+            if "epochs_done" in saved:
+                done = saved["epochs_done"]
+                print(f"(it goes on after epoch {done}, the last one last.keras saved)", file=sys.stderr)
             raise SystemExit(130)
         if checkpoint.diverged_epoch is not None:
             raise UserError(

@@ -1100,3 +1100,20 @@ def test_a_resume_finds_data_typed_with_dot_dot_from_the_folder_training_ran_in(
     config = {"data": "../data/train.csv", "run_dir": "../runs/cnn-1", "cwd": str(tmp_path / "notebooks")}
     found = training._inputs_found(tmp_path / "runs" / "cnn-1", config)
     assert Path(found["data"]).resolve() == Path(data).resolve() and found["teacher"] == []
+
+
+def test_ctrl_c_in_the_first_epoch_keeps_no_run_directory(train_csv, tmp_path, monkeypatch, capsys):
+    """Its config.json alone would stand in runs/ (and in report_plots' runs.csv) as a run."""
+    monkeypatch.syspath_prepend(str(PROJECT))
+    from train_dnn import build_network
+
+    class CtrlCInFirstBatch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    real_callbacks = training._callbacks
+    monkeypatch.setattr(training, "_callbacks", lambda *args: [*real_callbacks(*args), CtrlCInFirstBatch()])
+    with pytest.raises(SystemExit, match="130"):
+        training.train("dnn", _tiny_config(train_csv, tmp_path / "runs", epochs=2), build_network)
+    assert list((tmp_path / "runs").iterdir()) == []
+    assert "interrupted before the first epoch ended: nothing kept" in capsys.readouterr().err
