@@ -54,8 +54,14 @@ def parse_args():
         help="CSV to predict: test.csv (id,feature, or pixels alone: ids are the row numbers), fer2013.csv "
         "or a labeled train.csv",
     )
-    parser.add_argument("--out", help=f"submission file (default: {SUBMISSION} for a test.csv; none for labeled data)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing submission")
+    parser.add_argument(
+        "--out",
+        help=f"submission file, compressed if it ends in .gz, .bz2, .xz or .zip "
+        f"(default: {SUBMISSION} for a test.csv; none for labeled data)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite an existing submission (never --data or a --model)"
+    )
     parser.add_argument(
         "--tta",
         choices=TTA_CHOICES,

@@ -40,7 +40,10 @@ def parse_args(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories (default: every run in --runs-dir)")
     parser.add_argument(
-        "--runs-dir", default="runs", help="where to look when no RUN_DIR is given (default: %(default)s)"
+        "--runs-dir",
+        default="runs",
+        help="where to look when no RUN_DIR is given, and a folder deeper, as a sweep keeps its runs "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--out",
@@ -80,7 +83,7 @@ def parse_args(argv=None):
     )
     samples.add_argument(
         "--layer",
-        help="conv layer for filters/activations, in every run given "
+        help="conv layer for filters/activations, in every run given; a model without convolutions is skipped "
         "(default: each model's middle conv layer wider than 1x1)",
     )
     samples.add_argument(

@@ -7,6 +7,7 @@ JAX fit need not wait for each step (the others run once an epoch, or only note 
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -34,33 +35,56 @@ LOCK = "training.lock"  # held by the process training in a run directory
 def training_lock(run_dir):
     """Held while a process trains in run_dir, so a second --resume of a run still training is refused:
     both would write best.keras, last.keras and history.csv, each by its own best score. The system lets
-    go of it when the process ends, even killed. (No lock where fcntl is missing, as on Windows.)"""
+    go of it when the process ends, even killed. No lock where there can be none (no fcntl, as on
+    Windows; a file system without flock; no such folder, which the caller then refuses)."""
+    handle = _locked(Path(run_dir) / LOCK)
+    if handle is None:
+        yield
+        return
+    try:
+        yield
+    finally:
+        (Path(run_dir) / LOCK).unlink(missing_ok=True)  # left behind only by a killed process
+        handle.close()
+
+
+def _locked(path):
+    """The lock file, open and locked exclusively; None where there can be no lock."""
     try:
         import fcntl
     except ImportError:
-        yield
-        return
-    with open(Path(run_dir) / LOCK, "a") as handle:
+        return None
+    while True:
+        try:
+            handle = open(path, "a")  # noqa: SIM115  open while the run trains; training_lock closes it
+        except OSError:
+            return None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"{path.parent}: another process is training in it; wait for it or stop it first") from None
         except OSError:
-            raise UserError(f"{run_dir}: another process is training in it; wait for it or stop it first") from None
+            handle.close()
+            return None
         try:
-            yield
-        finally:
-            (Path(run_dir) / LOCK).unlink(missing_ok=True)  # left behind only by a killed process
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # its holder removed this file as it ended: lock the one at the path now
 
 
 def lock_state(run_dir):
     """'running' while a process holds run_dir's training lock, 'killed' when a process left it behind,
-    None without one (the run ended, or predates the lock, or fcntl is missing)."""
+    None without one (the run ended, or predates the lock, or there can be none)."""
     try:
         import fcntl
 
         with open(Path(run_dir) / LOCK) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 return "running"
             return "killed"
     except (ImportError, OSError):

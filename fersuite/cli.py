@@ -1,7 +1,9 @@
 """Flags shared by the training scripts, and the wrapper that turns a UserError into one line."""
 
 import argparse
+import atexit
 import contextlib
+import functools
 import importlib
 import logging
 import math
@@ -10,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from fersuite import AUGMENTATION, contrast
@@ -24,11 +27,12 @@ SAMPLE = PROJECT / "data" / "fer2013_sample.csv.xz"
 def run(main):
     """Call main(); bad input ends with 'error: ...' on stderr and exit status 2, no traceback; Ctrl-C
     with 'interrupted' and status 130, even where a library turned its KeyboardInterrupt into another
-    error (Keras's int8 Dense under PyTorch raised 'Invalid dtype: object'). Once a script's main has
-    returned, Ctrl-C is ignored: its outputs are written, and an interrupt could only spoil the
-    interpreter's shutdown (PyTorch's takes seconds) with a fatal error."""
+    error (Keras's int8 Dense under PyTorch raised 'Invalid dtype: object'). Once the interpreter
+    exits, Ctrl-C is ignored: the outputs are written, and an interrupt could only spoil the shutdown
+    (PyTorch's takes seconds) with a fatal error."""
     pressed = []
-    previous = signal.getsignal(signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
 
     def note_ctrl_c(signum, frame):
         pressed.append(signum)
@@ -50,8 +54,16 @@ def run(main):
             raise SystemExit(130) from None
         raise
     finally:
-        done_with_the_process = getattr(main, "__module__", None) == "__main__"
-        signal.signal(signal.SIGINT, signal.SIG_IGN if done_with_the_process else previous)
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+        if in_main_thread:
+            _ignore_ctrl_c_at_exit()
+
+
+@functools.cache
+def _ignore_ctrl_c_at_exit():
+    """Registered after the libraries' own exit handlers, so it runs before them (last in, first out)."""
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
 
 
 def module_prog(spec):
@@ -250,7 +262,8 @@ class TrainingParser(Parser):
             given = self.given(args)
             refused = [name for name in vars(parsed) if name in given and name not in ("resume", *RESUME_SETTINGS)]
             if refused:
-                flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
+                typed = {action.dest: action.option_strings[0] for action in self._actions if action.option_strings}
+                flags = ", ".join(typed.get(name, f"--{name.replace('_', '-')}") for name in refused)  # --no-augment
                 self.error(
                     f"--resume continues a run with the settings in its config.json; drop {flags} "
                     "(or start a new run with --init-from RUN_DIR/best.keras)"

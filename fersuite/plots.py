@@ -719,12 +719,20 @@ def find_runs(runs_dir):
         run
         for child in runs_dir.iterdir()
         if child.is_dir()
-        for run in ([child] if (child / "config.json").is_file() else child.iterdir())
+        for run in ([child] if (child / "config.json").is_file() else _readable_folders(child))
         if (run / "config.json").is_file()
     )
     if not found:
         raise UserError(f"{runs_dir}: no run directories (with a config.json) inside")
     return found
+
+
+def _readable_folders(folder):
+    """The folders in a folder, none if it cannot be read (a root-owned lost+found where runs/ is a mount)."""
+    try:
+        return [child for child in folder.iterdir() if child.is_dir()]
+    except OSError:
+        return []
 
 
 @dataclass

@@ -488,8 +488,8 @@ def train(family, config, build_network, resume=None):
     with contextlib.ExitStack() as held:
         held.callback(keras.mixed_precision.set_dtype_policy, keras.mixed_precision.dtype_policy())
         if resume:
+            held.enter_context(training_lock(resume))  # before its state is read
             config, state, history = _resumed(Path(resume), family, config)
-            held.enter_context(training_lock(resume))
         else:
             check_config(config)
             state, history = {"epochs_done": 0, "best_record": None, "counters": {}}, []
@@ -546,12 +546,12 @@ def train(family, config, build_network, resume=None):
                 )
         except KeyboardInterrupt:
             interrupted = True
-        if interrupted and not resume and not checkpoint.rows:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a config.json alone would stand in runs/ as a run
-            print(f"\ninterrupted before the first epoch ended: nothing kept ({run_dir} removed)", file=sys.stderr)
+        if interrupted and not resume and not (run_dir / "last.keras").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: it would stand in runs/ as a run
+            print(f"\ninterrupted before the first epoch was saved: nothing kept ({run_dir} removed)", file=sys.stderr)
             raise SystemExit(130)
         metrics = finish(run_dir, config, checkpoint, validation, time.perf_counter() - launched, interrupted)
-        if interrupted:  # after an epoch, which saved last.keras
+        if interrupted:
             saved = read_entry(run_dir / "last.keras") or {}  # older versions kept the state beside last.keras
             print(
                 f"\ninterrupted: best model and history are in {run_dir}\n"

@@ -407,6 +407,8 @@ def test_resume_refuses_settings_it_would_ignore_and_another_familys_run(tmp_pat
     assert code == 2 and "drop --epochs, --lr" in err and err.count("\n") == 1, err
     code, err = invoke("train_cnn", ["--resume", run_dir, "--batch-size", 128], monkeypatch, capsys)
     assert code == 2 and "drop --batch-size" in err, "a setting given at its default value is ignored too"
+    code, err = invoke("train_cnn", ["--resume", run_dir, "--no-augment"], monkeypatch, capsys)
+    assert code == 2 and "drop --no-augment " in err, err  # the flag as typed, not its setting's name
     code, err = invoke("train_mobilenet", ["--resume", run_dir, "--quiet", "--resume-every", 0], monkeypatch, capsys)
     assert code == 2 and f"{run_dir}: is a cnn run; resume it with train_cnn.py" in err, err
     code, err = invoke("train_cnn", ["--resume", run_dir, "--resume-every", -5], monkeypatch, capsys)

@@ -11,7 +11,15 @@ from conftest import PROJECT
 from fersuite import cli
 
 
-def test_a_ctrl_c_that_a_library_turned_into_another_error_still_reads_interrupted(capsys):
+@pytest.fixture
+def terminal_ctrl_c():
+    """SIGINT as in a terminal, even when the tests run under nohup (which leaves it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_that_a_library_turned_into_another_error_still_reads_interrupted(capsys, terminal_ctrl_c):
     """Keras's int8 Dense under PyTorch, interrupted, raised ValueError('Invalid dtype: object')."""
 
     def main():
@@ -27,6 +35,8 @@ def test_a_ctrl_c_that_a_library_turned_into_another_error_still_reads_interrupt
 
     with pytest.raises(ValueError, match="a bug"):  # without Ctrl-C, an error stays what it is
         cli.run(lambda: (_ for _ in ()).throw(ValueError("a bug")))
+    cli.run(lambda: None)  # as a script run in IPython or `python -i`: Ctrl-C works again after it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 SHUTTING_DOWN = """

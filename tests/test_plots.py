@@ -551,10 +551,20 @@ def test_embedding_legend_counts_each_emotion(drawn, tmp_path):
     assert axis.collections[6].get_offsets().tolist() == points[3:].tolist()
 
 
-def test_runs_dir_finds_runs_and_a_sweeps_runs_a_folder_deeper(tmp_path):
+def test_runs_dir_finds_runs_and_a_sweeps_runs_a_folder_deeper(tmp_path, monkeypatch):
     for run in ("cnn-1", "mobilenet-5k/mobilenet-1", "mobilenet-5k/notes", "empty"):
         (tmp_path / run).mkdir(parents=True)
     for run in ("cnn-1", "mobilenet-5k/mobilenet-1"):
         (tmp_path / run / "config.json").write_text("{}")
     (tmp_path / "runs.md").write_text("")
     assert plots.find_runs(tmp_path) == [tmp_path / "cnn-1", tmp_path / "mobilenet-5k" / "mobilenet-1"]
+    real_iterdir = Path.iterdir
+
+    def unreadable_empty(folder):  # as a root-owned lost+found is to a user (the tests may run as root)
+        if folder.name == "empty":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real_iterdir(folder)
+
+    monkeypatch.setattr(Path, "iterdir", unreadable_empty)
+    assert len(plots.find_runs(tmp_path)) == 2
+

@@ -621,7 +621,8 @@ def test_ctrl_c_saves_and_says_how_to_resume(bigger_csv, tmp_path):
     assert (run_dir / "best.keras").exists() and _history_rows(run_dir) >= 1
     assert json.loads((run_dir / "metrics.json").read_text())["interrupted"] is True
 
-    resumed = _start("--resume", run_dir)  # then killed: the first session's metrics.json is not its last word
+    resumed = _start("--resume", run_dir, "--resume-every", 0)  # killed, not finished: its first session's
+    # metrics.json is not its last word
     _wait_for_epochs(resumed, runs, saved + 1)
     resumed.kill()
     resumed.wait()
@@ -1117,3 +1118,25 @@ def test_ctrl_c_in_the_first_epoch_keeps_no_run_directory(train_csv, tmp_path, m
         training.train("dnn", _tiny_config(train_csv, tmp_path / "runs", epochs=2), build_network)
     assert list((tmp_path / "runs").iterdir()) == []
     assert "interrupted before the first epoch ended: nothing kept" in capsys.readouterr().err
+
+
+def test_the_lock_is_taken_on_the_file_at_its_path_not_one_its_last_holder_removed(tmp_path, monkeypatch):
+    """A process that opened the lock file just as its holder ended and removed it would lock that
+    removed file: a third process would then lock a new one, and both train in the folder."""
+    import builtins
+
+    opened = []
+
+    def open_as_the_holder_removes_it(path, *args, **kwargs):
+        handle = builtins.open(path, *args, **kwargs)  # noqa: SIM115  returned open, as open does
+        if not opened:
+            Path(path).unlink()
+        opened.append(path)
+        return handle
+
+    monkeypatch.setattr(callbacks, "open", open_as_the_holder_removes_it, raising=False)
+    with callbacks.training_lock(tmp_path):
+        assert len(opened) == 2 and callbacks.lock_state(tmp_path) == "running"
+        with pytest.raises(UserError, match="another process is training in it"), callbacks.training_lock(tmp_path):
+            pass
+    assert callbacks.lock_state(tmp_path) is None
