@@ -1117,7 +1117,7 @@ def test_ctrl_c_in_the_first_epoch_keeps_no_run_directory(train_csv, tmp_path, m
     with pytest.raises(SystemExit, match="130"):
         training.train("dnn", _tiny_config(train_csv, tmp_path / "runs", epochs=2), build_network)
     assert list((tmp_path / "runs").iterdir()) == []
-    assert "interrupted before the first epoch ended: nothing kept" in capsys.readouterr().err
+    assert "interrupted before the first epoch was saved: nothing kept" in capsys.readouterr().err
 
 
 def test_the_lock_is_taken_on_the_file_at_its_path_not_one_its_last_holder_removed(tmp_path, monkeypatch):
